@@ -1,0 +1,118 @@
+"""Run arguments: Ultralytics' own arguments plus ecc-yolo's, parsed and validated once.
+
+Config flows one way: CLI `key=value` pairs or Python keyword arguments -> `get_args()` (defaults from
+Ultralytics' `default.yaml` and ours in `ecc_yolo/cfg/default.yaml`, unknown keys refused with suggestions, types
+and ranges checked) -> an `IterableSimpleNamespace` handed to trainers, validators, predictors and the server.
+"""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any
+
+from ultralytics.cfg import get_cfg
+from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
+
+ECC_DEFAULTS_FILE = Path(__file__).resolve().parent / "cfg" / "default.yaml"
+STAGES = ("edge", "cloud", "adapt", "gate", "joint")
+INFER_ROUTES = ("auto", "edge", "cloud", "adapted")
+JOINT_OBJECTIVES = ("edge", "adapted", "gate")
+
+# key -> (kind, allowed): kind is "choice" (allowed: tuple), "bool", "float>=" (allowed: lower bound),
+# "int>=" (lower bound), "fraction" (0 < x <= 1), "model" (a .pt/.yaml path) or "prefs"
+ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
+    "stage": ("choice", STAGES),
+    "distill": ("bool", None),
+    "rrb": ("float>=", 1.0),
+    "feat": ("float>=", 0.0),
+    "det": ("float>=", 0.0),
+    "kd": ("float>=", 0.0),
+    "rate": ("float>=", 0.0),
+    "calib": ("int>=", 1),
+    "pareto": ("bool", None),
+    "prefs": ("prefs", None),
+    "offload": ("fraction", None),
+    "route": ("choice", INFER_ROUTES),
+    "edge_model": ("model", None),
+    "cloud_model": ("model", None),
+}
+
+
+def ecc_defaults() -> dict[str, Any]:
+    """ecc-yolo's own argument defaults (without Ultralytics')."""
+    return YAML.load(ECC_DEFAULTS_FILE)
+
+
+def all_defaults() -> dict[str, Any]:
+    """Every argument ecc-yolo accepts with its default: Ultralytics' plus ecc-yolo's."""
+    return {**DEFAULT_CFG_DICT, **ecc_defaults()}
+
+
+class ArgumentError(ValueError):
+    """An unknown argument or a bad value; the message names it and what is allowed."""
+
+
+def check_keys(overrides: dict[str, Any], extra: set[str] = frozenset()) -> None:
+    """Refuse keys that are neither Ultralytics' nor ecc-yolo's, suggesting close matches."""
+    valid = set(all_defaults()) | set(extra) | {"save_dir", "augmentations"}
+    bad = [k for k in overrides if k not in valid]
+    if bad:
+        lines = []
+        for k in bad:
+            close = get_close_matches(k, valid, n=3)
+            lines.append(f"'{k}' is not a valid ecc-yolo argument." + (f" Did you mean {close}?" if close else ""))
+        raise ArgumentError("\n".join(lines) + "\nRun 'ecc-yolo help' for the arguments.")
+
+
+def check_ecc_values(args: dict[str, Any]) -> None:
+    """Type- and range-check ecc-yolo's own arguments (Ultralytics checks its own in `get_cfg`)."""
+    for key, (kind, allowed) in ECC_ARG_TYPES.items():
+        if key not in args:
+            continue
+        v = args[key]
+        if kind == "choice":
+            ok, want = v in allowed, f"one of {', '.join(allowed)}"
+        elif kind == "bool":
+            ok, want = isinstance(v, bool), "True or False"
+        elif kind == "float>=":
+            ok, want = _is_number(v) and v >= allowed, f"a number >= {allowed}"
+        elif kind == "int>=":
+            ok, want = isinstance(v, int) and not isinstance(v, bool) and v >= allowed, f"an integer >= {allowed}"
+        elif kind == "fraction":
+            ok, want = _is_number(v) and 0 < v <= 1, "a number in (0, 1]"
+        elif kind == "model":
+            ok, want = v is None or str(v).endswith((".pt", ".yaml", ".yml")), "an Ultralytics .pt or .yaml"
+        else:  # prefs
+            ok = v is None or (
+                isinstance(v, (list, tuple))
+                and len(v) == len(JOINT_OBJECTIVES)
+                and all(_is_number(x) and x >= 0 for x in v)
+                and sum(v) > 0
+            )
+            want = f"None or {len(JOINT_OBJECTIVES)} non-negative weights for {JOINT_OBJECTIVES}"
+        if not ok:
+            raise ArgumentError(f"'{key}={v!r}' is invalid: {key} must be {want}")
+
+
+def get_args(overrides: dict[str, Any] | None = None) -> IterableSimpleNamespace:
+    """Validated arguments: defaults overridden by `overrides`.
+
+    Raises:
+        ArgumentError: unknown key or bad ecc-yolo value.
+        TypeError/ValueError: bad Ultralytics value (Ultralytics' own checks, which name the key).
+    """
+    overrides = dict(overrides or {})
+    check_keys(overrides)
+    check_ecc_values(overrides)
+    return get_cfg(all_defaults(), overrides)
+
+
+def split_args(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Ultralytics arguments, ecc-yolo arguments) of a merged argument dict."""
+    ours = set(ecc_defaults())
+    return {k: v for k, v in args.items() if k not in ours}, {k: v for k, v in args.items() if k in ours}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

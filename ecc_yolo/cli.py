@@ -1,0 +1,108 @@
+"""The `ecc-yolo` command: Ultralytics-style `ecc-yolo MODE key=value ...`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ecc_yolo import __version__
+
+HELP = f"""ecc-yolo {__version__}: edge-cloud collaborative object detection for Ultralytics YOLO.
+
+Usage: ecc-yolo MODE key=value ...
+
+Modes:
+  info     costs of an ECC model: GFLOPs per part, payload bytes, parameters
+             ecc-yolo info model=cfg/ecc-yolo11n-l.yaml imgsz=640 format=json
+  synth    write the synthetic, difficulty-controlled dataset (and a video)
+             ecc-yolo synth out=datasets/synth train=3000 val=600 imgsz=256 seed=0
+  train    train one stage: stage=edge|cloud|adapt|gate|joint (docs/TRAINING.md)
+             ecc-yolo train model=cfg/ecc-tiny-11.yaml data=datasets/synth/data.yaml stage=adapt epochs=3
+  val      mAP of every route and of the offload decision
+             ecc-yolo val model=runs/ecc/adapt/weights/best.pt data=datasets/synth/data.yaml
+  predict  run one route (route=auto|edge|cloud|adapted) on images or videos, like `yolo predict`
+  help     this text;  version: the version
+
+Every Ultralytics argument (epochs, batch, imgsz, device, project, name, ...) works as with `yolo`; ecc-yolo's
+own arguments and defaults are in ecc_yolo/cfg/default.yaml. Model cfgs: cfg/README.md.
+"""
+
+
+class UsageError(ValueError):
+    """A command line that cannot run: unknown mode, malformed pair, missing value."""
+
+
+def parse_pairs(tokens: list[str]) -> dict[str, Any]:
+    """`key=value` tokens -> dict, values typed like Ultralytics does (`smart_value`)."""
+    from ultralytics.cfg import merge_equals_args, parse_key_value_pair
+
+    out: dict[str, Any] = {}
+    for token in merge_equals_args(tokens):
+        if "=" not in token:
+            raise UsageError(f"'{token}' is not key=value (e.g. imgsz=640)")
+        try:
+            key, value = parse_key_value_pair(token)
+        except AssertionError as e:
+            raise UsageError(str(e)) from None
+        out[key] = value
+    return out
+
+
+def run_info(args: dict[str, Any]) -> None:
+    """`ecc-yolo info`: print the cost summary (text, or one JSON object with format=json)."""
+    from ecc_yolo.args import check_ecc_values, check_keys
+    from ecc_yolo.engine.model import ECC, format_costs
+
+    check_keys(args)
+    check_ecc_values(args)
+    fmt = args.get("format", "text")
+    if fmt not in ("text", "json"):
+        raise UsageError(f"info format must be text or json, got '{fmt}'")
+    imgsz = args.get("imgsz", 640)
+    if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+        raise UsageError(f"imgsz must be a multiple of 32 >= 32, got {imgsz!r}")
+    ecc = ECC(args.get("model", "ecc-yolo11n-l.yaml"), edge_model=args.get("edge_model"),
+              cloud_model=args.get("cloud_model"))
+    costs = ecc.costs(imgsz)
+    if fmt == "json":
+        print(json.dumps({"model": ecc.model.spec.name, **costs}))
+    else:
+        print(format_costs(ecc.model.spec.name, costs))
+
+
+MODES: dict[str, Callable[[dict[str, Any]], None]] = {"info": run_info}
+
+
+def entrypoint(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    tokens = sys.argv[1:] if argv is None else list(argv)
+    if not tokens or tokens[0] in ("help", "-h", "--help"):
+        print(HELP)
+        return 0
+    if tokens[0] in ("version", "--version"):
+        print(__version__)
+        return 0
+    mode, rest = tokens[0], tokens[1:]
+    if mode not in MODES:
+        print(f"ecc-yolo: error: unknown mode '{mode}'. Modes: {', '.join(sorted(MODES))}, help, version.",
+              file=sys.stderr)
+        return 2
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network from the CLI unless asked to
+    from ecc_yolo.args import ArgumentError
+    from ecc_yolo.codec import PayloadError
+    from ecc_yolo.spec import ECCConfigError
+
+    try:
+        MODES[mode](parse_pairs(rest))
+    except (UsageError, ArgumentError, ECCConfigError, PayloadError, FileNotFoundError, SyntaxError) as e:
+        print(f"ecc-yolo {mode}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(entrypoint())

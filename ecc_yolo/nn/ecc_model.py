@@ -1,0 +1,354 @@
+"""ECCModel: an edge detector, a cloud detector, the adapters between them and the offload gate, as one module.
+
+Routes (what can answer a frame):
+    edge      the edge detector alone (on the device)
+    cloud     the full cloud detector on the image (ECC_I: the device sends the JPEG)
+    adapted   edge features -> adapters -> cloud tail (ECC_A/ECC_D: the device sends quantised features)
+and `cloud_tail(cuts)` runs the cloud from its entry layer on given cut tensors.
+
+`ECCModel` is a `DetectionModel` so that Ultralytics' trainer, validator, predictor, EMA and checkpoint code can
+hold it. The attribute those expect to be "the detector" (`.model`, whose last layer is the Detect head) is the
+detector of the active route: the edge's layers when `route == "edge"`, the cloud's otherwise (both the cloud and
+the adapted route end in the cloud's head).
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils import LOGGER
+from ultralytics.utils.torch_utils import intersect_dicts
+
+from ecc_yolo.codec import FINGERPRINT_BYTES, FeaturePayload, QuantizedTensor
+from ecc_yolo.nn.adapters import Adapter
+from ecc_yolo.nn.gate import OffloadGate
+from ecc_yolo.nn.graph import IMAGE, cut_set, detect_index, execute, layer_geometry
+from ecc_yolo.spec import ECCConfigError, ECCSpec, PartSpec, check_geometry, load_spec
+
+ROUTES = ("edge", "cloud", "adapted")
+GEOMETRY_IMGSZ = 256  # probe size for strides/channels; any multiple of the max stride gives the same answer
+
+
+def build_part(part: PartSpec, ch: int, nc: int | None, verbose: bool) -> DetectionModel:
+    """Build one detector from its spec: from YAML, or from a .pt checkpoint (re-headed if `nc` differs)."""
+    if part.weights:
+        model, _ = load_checkpoint(part.weights)
+        if not isinstance(model, DetectionModel) or type(model).__name__ != "DetectionModel":
+            raise ECCConfigError(f"{part.source}: expected a YOLO detection checkpoint, got {type(model).__name__}")
+        if nc is None or nc == model.yaml.get("nc"):
+            return model.float().train()
+        weights = model
+        model = DetectionModel(_with_nc(weights.yaml, nc), ch=ch, verbose=verbose)
+        model.load(weights, verbose=verbose)
+        return model
+    return DetectionModel(_with_nc(part.yaml, nc), ch=ch, verbose=verbose)
+
+
+def _with_nc(yaml: dict, nc: int | None) -> dict:
+    """Copy of a model YAML dict for `nc` classes (set up front, so Ultralytics does not log an override)."""
+    yaml = deepcopy(yaml)
+    if nc:
+        yaml["nc"] = nc
+    return yaml
+
+
+class ECCModel(DetectionModel):
+    """Edge + cloud + adapters + gate; see the module docstring for the routes."""
+
+    def __init__(self, cfg: str | Path | dict | ECCSpec = "ecc-yolo11n-l.yaml", ch: int = 3, nc: int | None = None,
+                 verbose: bool = True):
+        """Build an ECC model from an ECC cfg (shipped name, path, dict or spec).
+
+        Args:
+            cfg: the ECC cfg.
+            ch: input channels.
+            nc: number of classes; overrides the cfg's `nc` and the detectors' own.
+            verbose: print a summary.
+        """
+        nn.Module.__init__(self)
+        spec = load_spec(cfg)
+        nc = nc or spec.nc
+        self.edge = build_part(spec.edge, ch, nc, verbose=False)
+        self.cloud = build_part(spec.cloud, ch, nc, verbose=False)
+        edge_nc, cloud_nc = self.edge.yaml["nc"], self.cloud.yaml["nc"]
+        if edge_nc != cloud_nc:
+            raise ECCConfigError(
+                f"{spec.name}: nc: the edge predicts {edge_nc} classes and the cloud {cloud_nc}; set nc: in the cfg"
+            )
+        self.spec = spec.with_nc(edge_nc)
+        edge_geometry = layer_geometry(self.edge, GEOMETRY_IMGSZ)
+        cloud_geometry = layer_geometry(self.cloud, GEOMETRY_IMGSZ)
+        self.cut = cut_set(self.cloud, spec.entry) if spec.entry < len(self.cloud.model) else []
+        check_geometry(spec, edge_geometry, cloud_geometry, self.cut)
+        if int(self.edge.stride.max()) != int(self.cloud.stride.max()):
+            raise ECCConfigError(f"{spec.name}: edge and cloud must share the max stride (both read one letterbox)")
+
+        self.adapters = nn.ModuleDict(
+            {
+                str(a.cloud): Adapter(a, edge_geometry[a.edge].channels, cloud_geometry[a.cloud].channels)
+                for a in sorted(spec.adapters, key=lambda a: a.cloud)
+            }
+        )
+        self.cut_strides = {j: cloud_geometry[j].stride for j in self.cut}
+        self.gate_layers = list(spec.gate.layers or self.edge.model[-1].f)
+        self.gate = OffloadGate([edge_geometry[j].channels for j in self.gate_layers], spec.gate.hidden)
+
+        self.yaml = {**self.spec.to_dict(), "channels": ch, "nc": edge_nc}
+        self.names = self._part_names()
+        self.edge.names = self.cloud.names = self.names
+        self.nc = edge_nc
+        self.stride = self.cloud.stride
+        self.inplace = True
+        self.task = "detect"
+        self.route = "adapted"
+        if verbose:
+            self.info()
+
+    # -- what Ultralytics sees as "the detector" -------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Sequential:
+        """Layers of the active route's detector (its last layer is the Detect head whose output we return)."""
+        return (self.edge if self.route == "edge" else self.cloud).model
+
+    @property
+    def save(self) -> list[int]:
+        """Saved-output indices of the active detector."""
+        return (self.edge if self.route == "edge" else self.cloud).save
+
+    @property
+    def parts(self) -> dict[str, DetectionModel]:
+        """The two detectors by name."""
+        return {"edge": self.edge, "cloud": self.cloud}
+
+    def set_route(self, route: str) -> ECCModel:
+        """Choose what `forward(img)` runs."""
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got '{route}'")
+        self.route = route
+        return self
+
+    @property
+    def end2end(self) -> bool:
+        """Whether the active detector's head is end-to-end (NMS-free)."""
+        return getattr(self.model[-1], "end2end", False)
+
+    @end2end.setter
+    def end2end(self, value: bool) -> None:
+        for part in self.parts.values():
+            part.end2end = value
+
+    def set_head_attr(self, **kwargs: Any) -> None:
+        """Set attributes (max_det, agnostic_nms, ...) on both Detect heads."""
+        for part in self.parts.values():
+            part.set_head_attr(**kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Move/cast tensors; each detector's own `_apply` handles its head's anchors and strides."""
+        return nn.Module._apply(self, fn, *args, **kwargs)
+
+    # -- routes --------------------------------------------------------------------------------------------------
+    @property
+    def adapter_sources(self) -> list[int]:
+        """Edge layers the adapters read."""
+        return sorted({a.edge_layer for a in self.adapters.values()})
+
+    def edge_forward(self, img: torch.Tensor, keep: tuple[int, ...] = ()) -> tuple[Any, dict[int, torch.Tensor]]:
+        """Full edge detector; also returns the edge outputs listed in `keep`."""
+        return execute(self.edge, {IMAGE: img}, keep=keep)
+
+    def edge_features(self, img: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Edge outputs the adapters need, running the edge only as far as necessary."""
+        sources = self.adapter_sources
+        return execute(self.edge, {IMAGE: img}, stop=max(sources) + 1, keep=sources)[1]
+
+    def cloud_cuts(self, img: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The cloud's own cut tensors: its layers before the entry, run on the image."""
+        return execute(self.cloud, {IMAGE: img}, stop=self.spec.entry, keep=self.cut)[1]
+
+    def cloud_tail(self, cuts: dict[int, torch.Tensor]) -> Any:
+        """Cloud layers from the entry on, fed with cut tensors (keyed by cloud layer index)."""
+        return execute(self.cloud, cuts, start=self.spec.entry)[0]
+
+    def cloud_forward(self, img: torch.Tensor) -> Any:
+        """The full cloud detector on the image."""
+        return execute(self.cloud, {IMAGE: img})[0]
+
+    def encode(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Device side: float latents to transmit, keyed by the cloud layer they stand for."""
+        return {int(k): a.encode(feats[a.edge_layer]) for k, a in self.adapters.items()}
+
+    def decode(self, received: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Cloud side: received (dequantised) latents -> cloud cut tensors."""
+        return {int(k): a.decode(received[int(k)]) for k, a in self.adapters.items()}
+
+    def adapt(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Edge features -> cloud cut tensors, with transmission quantisation simulated exactly."""
+        return {int(k): a(feats[a.edge_layer]) for k, a in self.adapters.items()}
+
+    def adapted_forward(self, img: torch.Tensor) -> Any:
+        """The adapted route on an image."""
+        return self.cloud_tail(self.adapt(self.edge_features(img)))
+
+    def gate_scores(self, feats: dict[int, torch.Tensor], edge_output: Any) -> torch.Tensor:
+        """Predicted per-image gain of each offload route (B, 2), from edge features and the edge's output."""
+        return self.gate([feats[j] for j in self.gate_layers], edge_output)
+
+    def run_routes(self, img: torch.Tensor, routes: tuple[str, ...] = ROUTES, gate: bool = True) -> dict[str, Any]:
+        """Run several routes on one batch, sharing the edge pass.
+
+        Returns:
+            dict with an entry per requested route (the Detect head output) and, if `gate`, "gate": (B, 2) scores.
+        """
+        unknown = set(routes) - set(ROUTES)
+        if unknown:
+            raise ValueError(f"unknown routes {sorted(unknown)}; valid: {ROUTES}")
+        out: dict[str, Any] = {}
+        if "edge" in routes or gate:
+            edge_out, feats = self.edge_forward(img, keep=tuple({*self.adapter_sources, *self.gate_layers}))
+            if "edge" in routes:
+                out["edge"] = edge_out
+            if gate:
+                out["gate"] = self.gate_scores(feats, edge_out)
+        elif "adapted" in routes:
+            feats = self.edge_features(img)
+        if "adapted" in routes:
+            out["adapted"] = self.cloud_tail(self.adapt(feats))
+        if "cloud" in routes:
+            out["cloud"] = self.cloud_forward(img)
+        return out
+
+    def predict(self, x: torch.Tensor, profile: bool = False, augment: bool = False, embed=None) -> Any:
+        """Run the active route (Ultralytics' predict/validate entry point)."""
+        if self.route == "edge":
+            return self.edge_forward(x)[0]
+        if self.route == "cloud":
+            return self.cloud_forward(x)
+        return self.adapted_forward(x)
+
+    # -- the device/cloud boundary ------------------------------------------------------------------------------
+    def fingerprint(self) -> bytes:
+        """16-byte identity of this model's weights and cfg; payloads carry it so mismatched peers are refused.
+
+        Hashes every tensor rounded to float16 (what checkpoints store), so a model and its saved checkpoint agree.
+        """
+        import hashlib
+        import json
+
+        h = hashlib.sha256(json.dumps(self.spec.to_dict(), sort_keys=True, default=str).encode())
+        for key, value in sorted(self.state_dict().items()):
+            h.update(key.encode())
+            if value.is_floating_point():
+                value = value.detach().to("cpu", torch.float16)
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return h.digest()[:FINGERPRINT_BYTES]
+
+    def payload_shapes(self, input_shape: tuple[int, int]) -> dict[int, tuple[int, int, int, int]]:
+        """Cloud layer -> (C, H, W, bits) of the latents a feature payload carries for a network input size."""
+        shapes = {}
+        for k, a in self.adapters.items():
+            stride = self.cut_strides[int(k)]
+            shapes[int(k)] = (a.latent_channels, input_shape[0] // stride, input_shape[1] // stride, a.bits)
+        return shapes
+
+    def make_payload(self, img: torch.Tensor, image_shape: tuple[int, int]) -> list[FeaturePayload]:
+        """Device side: one feature payload per image of a letterboxed batch.
+
+        Args:
+            img: (B, 3, H, W) network input.
+            image_shape: (h, w) of the original frames before letterboxing.
+        """
+        latents = self.encode(self.edge_features(img))
+        quantized = {k: self.adapters[str(k)].quantize(z) for k, z in latents.items()}
+        fingerprint = self.fingerprint()
+        payloads = []
+        for i in range(img.shape[0]):
+            tensors = tuple(
+                QuantizedTensor(
+                    layer=k,
+                    bits=self.adapters[str(k)].bits,
+                    codes=codes[i].to("cpu", torch.uint8).numpy(),
+                    scale=scale[i].float().cpu().numpy(),
+                    offset=offset[i].float().cpu().numpy(),
+                )
+                for k, (codes, scale, offset) in sorted(quantized.items())
+            )
+            payloads.append(FeaturePayload(fingerprint, tuple(image_shape), tuple(img.shape[2:]), tensors))
+        return payloads
+
+    def received_latents(self, payloads: list[FeaturePayload]) -> dict[int, torch.Tensor]:
+        """Cloud side: dequantised latents of a batch of payloads (same input size), ready for `decode`."""
+        p = next(self.parameters())
+        return {
+            t.layer: torch.from_numpy(np.stack([pl.tensors[i].dequantize() for pl in payloads])).to(p.device, p.dtype)
+            for i, t in enumerate(payloads[0].tensors)
+        }
+
+    # -- Ultralytics plumbing ------------------------------------------------------------------------------------
+    def _part_names(self) -> dict[int, str]:
+        placeholder = {i: str(i) for i in range(self.edge.yaml["nc"])}
+        for part in (self.cloud, self.edge):
+            names = getattr(part, "names", None)
+            if names and names != placeholder:
+                return dict(names)
+        return placeholder
+
+    def init_criterion(self):
+        """The stage objective (see `ecc_yolo.losses`), built from `self.args.stage`."""
+        from ecc_yolo.losses import ECCLoss
+
+        return ECCLoss(self)
+
+    def loss(self, batch: dict, preds: Any = None):
+        """Loss of the current training stage; `preds` (the active route's output) is reused where it applies."""
+        if getattr(self, "criterion", None) is None:
+            self.criterion = self.init_criterion()
+        return self.criterion(batch, preds)
+
+    def is_fused(self) -> bool:
+        """True once every part has been fused."""
+        return all(p.is_fused() for p in self.parts.values())
+
+    def fuse(self, verbose: bool = True, imgsz: int = 640) -> ECCModel:
+        """Fuse Conv+BN in both detectors and in the adapter decoders (inference only)."""
+        if not self.is_fused():
+            for part in self.parts.values():
+                part.fuse(verbose=False)
+            from ultralytics.nn.modules import Conv
+            from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+            for m in self.adapters.modules():
+                if isinstance(m, Conv) and hasattr(m, "bn"):
+                    m.conv = fuse_conv_and_bn(m.conv, m.bn)
+                    delattr(m, "bn")
+                    m.forward = m.forward_fuse
+            if verbose:
+                self.info(imgsz=imgsz)
+        return self
+
+    def load(self, weights: Any, verbose: bool = True) -> None:
+        """Copy every tensor of matching name and shape from an ECC checkpoint/model into this one."""
+        model = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
+        model = getattr(model, "student_model", model)  # a distillation wrapper saved mid-training
+        if not isinstance(model, ECCModel):
+            raise TypeError(f"expected ECC weights, got {type(model).__name__}")
+        csd = intersect_dicts(model.float().state_dict(), self.state_dict())
+        self.load_state_dict(csd, strict=False)
+        if verbose:
+            LOGGER.info(f"Transferred {len(csd)}/{len(self.state_dict())} items from pretrained ECC weights")
+
+    def info(self, detailed: bool = False, verbose: bool = True, imgsz: int = 640):
+        """Print a one-line summary per part (parameters), like Ultralytics' model summary."""
+        if not verbose:
+            return None
+        n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in self.named_children()}
+        LOGGER.info(
+            f"ECC {self.spec.name}: entry {self.spec.entry}, cuts {self.cut}, "
+            + ", ".join(f"{k} {v:,} params" for k, v in n_params.items())
+        )
+        return n_params

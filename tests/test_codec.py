@@ -1,0 +1,188 @@
+"""Payload codec: round trips, exactness of the device/cloud split, and fuzzing of malformed payloads."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ecc_yolo.codec import (
+    FeaturePayload,
+    PayloadError,
+    QuantizedTensor,
+    decode_features,
+    decode_image,
+    encode_features,
+    encode_jpeg,
+    pack_codes,
+    unpack_codes,
+)
+
+FP = bytes(range(16))
+
+
+def _payload(rng: np.random.Generator, bits=(4, 8, 2)) -> FeaturePayload:
+    tensors = []
+    for layer, b in zip((4, 6, 10), bits):
+        c, h, w = int(rng.integers(1, 9)), int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        tensors.append(
+            QuantizedTensor(
+                layer=layer,
+                bits=b,
+                codes=rng.integers(0, 1 << b, (c, h, w), dtype=np.uint8),
+                scale=rng.uniform(0.01, 1, c).astype(np.float32),
+                offset=rng.normal(size=c).astype(np.float32),
+            )
+        )
+    return FeaturePayload(FP, (480, 640), (256, 320), tuple(tensors))
+
+
+def _shapes(p: FeaturePayload):
+    return {t.layer: (*t.shape, t.bits) for t in p.tensors}
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_unpack_every_bit_width(bits):
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, 1001, dtype=np.uint8)
+    packed = pack_codes(codes, bits)
+    assert len(packed) == (1001 * bits + 7) // 8
+    assert np.array_equal(unpack_codes(packed, bits, 1001), codes)
+
+
+@pytest.mark.parametrize("level", [0, 6])
+def test_round_trip(level):
+    p = _payload(np.random.default_rng(1))
+    q = decode_features(encode_features(p, level), expected_fingerprint=FP, expected_shapes=_shapes(p))
+    assert q.fingerprint == FP and q.image_shape == (480, 640) and q.input_shape == (256, 320)
+    for a, b in zip(p.tensors, q.tensors):
+        assert (a.layer, a.bits) == (b.layer, b.bits)
+        assert np.array_equal(a.codes, b.codes)
+        assert np.array_equal(a.scale, b.scale) and np.array_equal(a.offset, b.offset)
+
+
+def test_every_truncation_is_refused():
+    data = encode_features(_payload(np.random.default_rng(2)))
+    for n in range(len(data)):
+        with pytest.raises(PayloadError):
+            decode_features(data[:n])
+
+
+def test_random_bit_flips_are_refused():
+    rng = np.random.default_rng(3)
+    data = bytearray(encode_features(_payload(rng)))
+    for _ in range(400):
+        corrupt = bytearray(data)
+        for pos in rng.integers(0, len(data), int(rng.integers(1, 4))):
+            corrupt[pos] ^= 1 << int(rng.integers(0, 8))
+        if corrupt == data:
+            continue
+        with pytest.raises(PayloadError):
+            decode_features(bytes(corrupt))
+
+
+def _with_header(data: bytes, offset: int, fmt: str, value) -> bytes:
+    """Rewrite one header field and fix the CRC, so that only the field's own validation can refuse it."""
+    body = bytearray(data[:-4])
+    struct.pack_into(fmt, body, offset, value)
+    return bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+
+
+@pytest.mark.parametrize(
+    "offset, fmt, value, message",
+    [
+        (0, "<4s", b"JUNK", "bad magic"),
+        (4, "<H", 2, "unsupported payload version 2"),
+        (6, "<B", 7, "kind"),
+        (7, "<B", 9, "codec"),
+        (24, "<H", 0, "image height"),
+        (30, "<H", 20000, "input width"),
+        (32, "<B", 0, "tensor count"),
+        (32, "<B", 200, "tensor count"),
+        (32, "<B", 4, "truncated inside the tensor records|does not match|out of range"),
+        (36, "<I", 12345, "body length"),
+        (40, "<I", 1, "payload length"),
+        (44 + 2, "<B", 0, "bits 0"),
+        (44 + 4, "<H", 0, "shape"),
+        (44 + 6, "<H", 60000, "shape|truncated|body length"),
+    ],
+)
+def test_header_fields_are_validated(offset, fmt, value, message):
+    data = encode_features(_payload(np.random.default_rng(4)))
+    with pytest.raises(PayloadError, match=message):
+        decode_features(_with_header(data, offset, fmt, value))
+
+
+def test_random_header_field_values_never_escape_as_another_error():
+    rng = np.random.default_rng(5)
+    data = encode_features(_payload(rng))
+    fields = [(4, "<H"), (6, "<B"), (7, "<B"), (24, "<H"), (26, "<H"), (32, "<B"), (36, "<I"), (40, "<I"),
+              (44, "<H"), (46, "<B"), (48, "<H"), (50, "<H"), (52, "<H")]
+    for _ in range(300):
+        offset, fmt = fields[int(rng.integers(len(fields)))]
+        value = int(rng.integers(0, 1 << (8 * struct.calcsize(fmt))))
+        try:
+            decode_features(_with_header(data, offset, fmt, value))
+        except PayloadError:
+            pass
+
+
+def test_wrong_fingerprint_shape_and_size_are_refused():
+    p = _payload(np.random.default_rng(6))
+    data = encode_features(p)
+    with pytest.raises(PayloadError, match="fingerprint mismatch"):
+        decode_features(data, expected_fingerprint=b"\x00" * 16)
+    wrong = _shapes(p)
+    wrong[4] = (99, 1, 1, 4)
+    with pytest.raises(PayloadError, match="do not match what this model needs"):
+        decode_features(data, expected_shapes=wrong)
+    with pytest.raises(PayloadError, match="exceeds"):
+        decode_features(data, max_bytes=len(data) - 1)
+    for junk in (b"", b"\x00" * 100, np.random.default_rng(7).bytes(5000)):
+        with pytest.raises(PayloadError):
+            decode_features(junk)
+
+
+def test_decompression_bomb_is_refused_before_inflating():
+    p = _payload(np.random.default_rng(8), bits=(1, 1, 1))
+    data = bytearray(encode_features(p, level=0))
+    # Claim a small body but send a highly compressible huge one.
+    bomb = zlib.compress(b"\x00" * (50 << 20))
+    header_len = len(data) - 4 - sum((t.codes.size * t.bits + 7) // 8 for t in p.tensors)
+    forged = bytearray(data[:header_len]) + bomb
+    struct.pack_into("<B", forged, 7, 1)  # zlib codec
+    struct.pack_into("<I", forged, 40, len(bomb))
+    forged += struct.pack("<I", zlib.crc32(bytes(forged)))
+    with pytest.raises(PayloadError, match="does not end where the header says"):
+        decode_features(bytes(forged))
+
+
+def test_device_cloud_split_through_bytes_equals_the_adapted_route(tiny_ecc, images):
+    """Edge -> payload bytes -> cloud decode -> tail gives exactly the in-process adapted route."""
+    with torch.no_grad():
+        payloads = tiny_ecc.make_payload(images, image_shape=(128, 128))
+        wire = [encode_features(p) for p in payloads]
+        fingerprint = tiny_ecc.fingerprint()
+        shapes = tiny_ecc.payload_shapes((128, 128))
+        received = [decode_features(w, expected_fingerprint=fingerprint, expected_shapes=shapes) for w in wire]
+        remote = tiny_ecc.cloud_tail(tiny_ecc.decode(tiny_ecc.received_latents(received)))[0]
+        local = tiny_ecc.adapted_forward(images)[0]
+    assert (remote - local).abs().max().item() <= 1e-5
+
+
+def test_images_are_checked_before_decoding():
+    frame = np.random.default_rng(9).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    jpeg = encode_jpeg(frame)
+    assert decode_image(jpeg).shape == (48, 64, 3)
+    ok, png = cv2.imencode(".png", frame)
+    assert decode_image(png.tobytes()).shape == (48, 64, 3)
+    for bad, message in [
+        (b"hello world", "JPEG or PNG"),
+        (jpeg[:20], "truncated or corrupt|could not be decoded"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 4 + b"IHDR" + struct.pack(">II", 100000, 100000), "exceeds"),
+    ]:
+        with pytest.raises(PayloadError, match=message):
+            decode_image(bad)
