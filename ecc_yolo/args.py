@@ -39,6 +39,12 @@ ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
 }
 
 
+def default_project() -> str:
+    """Where runs go when no project is given: ./runs/ecc under the current directory (absolute, so that the
+    paths `ecc-yolo` prints and the docs use are the same; a relative project= follows Ultralytics' runs_dir)."""
+    return str(Path.cwd() / "runs" / "ecc")
+
+
 def ecc_defaults() -> dict[str, Any]:
     """ecc-yolo's own argument defaults (without Ultralytics')."""
     return YAML.load(ECC_DEFAULTS_FILE)

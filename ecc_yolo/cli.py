@@ -73,7 +73,81 @@ def run_info(args: dict[str, Any]) -> None:
         print(format_costs(ecc.model.spec.name, costs))
 
 
-MODES: dict[str, Callable[[dict[str, Any]], None]] = {"info": run_info}
+def _model_and_args(args: dict[str, Any], default: str = "ecc-yolo11n-l.yaml"):
+    """The ECC named by model= (with edge_model=/cloud_model= applied) and the remaining arguments."""
+    from ecc_yolo.engine.model import ECC
+
+    args = dict(args)
+    model = args.pop("model", default)
+    parts = {k: args.pop(k) for k in ("edge_model", "cloud_model") if args.get(k)}
+    return ECC(model, **parts), args
+
+
+def run_train(args: dict[str, Any]) -> None:
+    """`ecc-yolo train`: one training stage (Ultralytics' trainer with ecc-yolo's stages)."""
+    from ecc_yolo.args import check_ecc_values, check_keys
+
+    check_keys(args)
+    check_ecc_values(args)
+    if "data" not in args and not args.get("resume"):
+        raise UsageError("train needs data=<data.yaml> (e.g. one written by `ecc-yolo synth`)")
+    if args.get("resume") not in (None, False, True):  # resume=path/to/last.pt
+        args["model"] = args["resume"]
+    ecc, rest = _model_and_args(args)
+    ecc.train(**rest)
+
+
+def run_val(args: dict[str, Any]) -> None:
+    """`ecc-yolo val`: mAP of every route and of the offload decision."""
+    from ecc_yolo.args import check_ecc_values, check_keys
+
+    check_keys(args)
+    check_ecc_values(args)
+    if "data" not in args:
+        raise UsageError("val needs data=<data.yaml>")
+    ecc, rest = _model_and_args(args)
+    ecc.val(**rest)
+
+
+def run_predict(args: dict[str, Any]) -> None:
+    """`ecc-yolo predict`: Ultralytics' predict through one route (route=auto lets the gate choose)."""
+    from ecc_yolo.args import check_ecc_values, check_keys
+
+    check_keys(args)
+    check_ecc_values(args)
+    if "source" not in args:
+        raise UsageError("predict needs source=<image, folder or video>")
+    ecc, rest = _model_and_args(args)
+    ecc.predict(**{"save": True, **rest})
+
+
+def run_synth(args: dict[str, Any]) -> None:
+    """`ecc-yolo synth`: write the synthetic dataset (and, with video=N, an N-frame video)."""
+    from ecc_yolo.data.synthetic import generate_dataset, generate_video
+
+    allowed = {"out", "train", "val", "imgsz", "seed", "mix", "video", "empty_fraction", "overwrite"}
+    unknown = set(args) - allowed
+    if unknown:
+        raise UsageError(f"synth does not take {sorted(unknown)}; it takes {sorted(allowed)}")
+    out = args.get("out", "datasets/synth")
+    kwargs = {k: args[k] for k in ("train", "val", "imgsz", "seed", "empty_fraction", "overwrite") if k in args}
+    if "mix" in args:
+        kwargs["mix"] = tuple(args["mix"])
+    data = generate_dataset(out, **kwargs)
+    print(f"dataset: {data}")
+    if args.get("video"):
+        video = generate_video(f"{out}/video.mp4", frames=int(args["video"]), imgsz=args.get("imgsz", 256),
+                               seed=args.get("seed", 0))
+        print(f"video: {video}")
+
+
+MODES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "info": run_info,
+    "synth": run_synth,
+    "train": run_train,
+    "val": run_val,
+    "predict": run_predict,
+}
 
 
 def entrypoint(argv: list[str] | None = None) -> int:

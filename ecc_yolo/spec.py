@@ -27,7 +27,7 @@ from ultralytics.utils import YAML
 
 CFG_DIR = Path(__file__).resolve().parent / "cfg"  # shipped ECC cfgs (the repo's top-level cfg/ links here)
 PART_KEYS = ("edge", "cloud")
-TOP_KEYS = {"nc", "edge", "cloud", "entry", "adapter", "adapters", "gate", "name"}
+TOP_KEYS = {"nc", "edge", "cloud", "entry", "adapter", "adapters", "gate", "name", "channels"}
 ADAPTER_KEYS = {"cloud", "edge", "depth", "channels", "bottleneck", "bits"}
 ADAPTER_DEFAULT_KEYS = ADAPTER_KEYS - {"cloud", "edge"}
 GATE_KEYS = {"hidden", "layers"}

@@ -36,3 +36,33 @@ def images():
 
     g = torch.Generator().manual_seed(0)
     return torch.rand(2, 3, 128, 128, generator=g)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A small synthetic dataset (48 train / 24 val images, 96 px); returns its data.yaml."""
+    from ecc_yolo.data.synthetic import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("synth"), train=48, val=24, imgsz=96, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory) -> Path:
+    """The tiny zoo trained on CPU by `tools/train_zoo.py --tiny` (a few minutes); returns its folder."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("zoo")
+    log = out / "train_zoo.log"
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, str(REPO / "tools" / "train_zoo.py"), "--tiny", "--out", str(out)],
+                           cwd=REPO, env={**os.environ, "YOLO_OFFLINE": "1"}, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode:
+        raise RuntimeError(f"tools/train_zoo.py --tiny failed:\n{log.read_text()[-4000:]}")
+    return out
+
+
+def train_args(data: Path, project: Path, **kw) -> dict:
+    """Arguments for a seconds-long CPU training run of a tiny ECC."""
+    return {"data": str(data), "imgsz": 96, "batch": 8, "epochs": 1, "plots": False, "device": "cpu",
+            "project": str(project), "exist_ok": True, "workers": 0, **kw}

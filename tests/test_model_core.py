@@ -61,7 +61,7 @@ def test_cloud_tail_on_own_cuts_is_exact_for_every_shipped_cfg(cfg):
 def test_routes_share_one_edge_pass_and_match_single_routes(tiny_ecc, images):
     with torch.no_grad():
         together = tiny_ecc.run_routes(images)
-        assert set(together) == {"edge", "cloud", "adapted", "gate"}
+        assert set(together) == {"edge", "cloud", "adapted", "gate", "feat"}
         assert torch.equal(_first(together["edge"]), _first(tiny_ecc.edge(images)))
         assert torch.equal(_first(together["cloud"]), _first(tiny_ecc.cloud(images)))
         assert torch.equal(_first(together["adapted"]), _first(tiny_ecc.adapted_forward(images)))

@@ -66,6 +66,7 @@ class Adapter(nn.Module):
         self.decoder = nn.Sequential(*layers)
         self.register_buffer("target_mean", torch.zeros(cloud_channels))
         self.register_buffer("target_std", torch.ones(cloud_channels))
+        self.register_buffer("calibrated", torch.zeros(()))  # 1 once target statistics were measured
 
     def encode(self, edge_feature: torch.Tensor) -> torch.Tensor:
         """Device side: the float latent that gets quantised and sent."""
@@ -105,3 +106,4 @@ class Adapter(nn.Module):
         """Fix the whitening statistics of the cloud tensor this adapter predicts (per channel)."""
         self.target_mean.copy_(mean)
         self.target_std.copy_(std.clamp_min(STD_FLOOR))
+        self.calibrated.fill_(1.0)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import LOGGER
@@ -32,6 +33,9 @@ from ecc_yolo.nn.graph import IMAGE, cut_set, detect_index, execute, layer_geome
 from ecc_yolo.spec import ECCConfigError, ECCSpec, PartSpec, check_geometry, load_spec
 
 ROUTES = ("edge", "cloud", "adapted")
+ALL_ROUTES = "all"  # pseudo-route used by validation: forward returns every route and the gate scores at once
+PARTS = ("edge", "cloud", "adapters", "gate")
+DEFAULT_GAIN_THRESHOLD = 0.05  # offload a frame when the gate expects the cloud to raise its AP50-95 by more
 GEOMETRY_IMGSZ = 256  # probe size for strides/channels; any multiple of the max stride gives the same answer
 
 
@@ -107,6 +111,9 @@ class ECCModel(DetectionModel):
         self.inplace = True
         self.task = "detect"
         self.route = "adapted"
+        self.frozen: tuple[str, ...] = ()  # parts kept in eval mode and without gradients (set per training stage)
+        self.gate_threshold = DEFAULT_GAIN_THRESHOLD  # route=auto offloads when the predicted gain exceeds this
+        self.criterion = None
         if verbose:
             self.info()
 
@@ -127,8 +134,8 @@ class ECCModel(DetectionModel):
         return {"edge": self.edge, "cloud": self.cloud}
 
     def set_route(self, route: str) -> ECCModel:
-        """Choose what `forward(img)` runs."""
-        if route not in ROUTES:
+        """Choose what `forward(img)` runs (a route, or ALL_ROUTES for a dict of every route and the gate)."""
+        if route not in (*ROUTES, ALL_ROUTES):
             raise ValueError(f"route must be one of {ROUTES}, got '{route}'")
         self.route = route
         return self
@@ -147,6 +154,46 @@ class ECCModel(DetectionModel):
         """Set attributes (max_det, agnostic_nms, ...) on both Detect heads."""
         for part in self.parts.values():
             part.set_head_attr(**kwargs)
+
+    def freeze(self, parts: tuple[str, ...]) -> None:
+        """Keep `parts` (names from PARTS) fixed: no gradients, and in eval mode even while the model trains."""
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown parts {sorted(unknown)}; valid: {PARTS}")
+        self.frozen = tuple(parts)
+        for name in PARTS:
+            getattr(self, name).requires_grad_(name not in parts)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ECCModel:
+        """Set train/eval mode; frozen parts stay in eval mode (their BatchNorm statistics must not move)."""
+        super().train(mode)
+        for name in getattr(self, "frozen", ()):
+            getattr(self, name).eval()
+        return self
+
+    @torch.no_grad()
+    def calibrate_adapters(self, images: list[torch.Tensor]) -> None:
+        """Measure per-channel mean/std of the cloud's own cut tensors on some images (no labels needed) and fix
+        them as the adapters' whitening statistics."""
+        was_training = self.cloud.training
+        self.cloud.eval()
+        stats: dict[int, tuple] = {}  # cloud layer -> (sum, sum of squares, count) per channel
+        for img in images:
+            for k, t in self.cloud_cuts(img).items():
+                t = t.float().transpose(0, 1).flatten(1)  # (C, B*H*W)
+                total, total_sq, n = stats.get(k, (0.0, 0.0, 0))
+                stats[k] = (total + t.sum(1), total_sq + t.square().sum(1), n + t.shape[1])
+        for k, (total, total_sq, n) in stats.items():
+            mean = total / n
+            std = (total_sq / n - mean.square()).clamp_min(0).sqrt()
+            self.adapters[str(k)].set_target_stats(mean, std)
+        self.cloud.train(was_training)
+
+    @property
+    def adapters_calibrated(self) -> bool:
+        """Whether every adapter has measured whitening statistics."""
+        return all(bool(a.calibrated) for a in self.adapters.values())
 
     def _apply(self, fn, *args, **kwargs):
         """Move/cast tensors; each detector's own `_apply` handles its head's anchors and strides."""
@@ -199,11 +246,21 @@ class ECCModel(DetectionModel):
         """Predicted per-image gain of each offload route (B, 2), from edge features and the edge's output."""
         return self.gate([feats[j] for j in self.gate_layers], edge_output)
 
+    def feature_distance(self, adapted_cuts: dict[int, torch.Tensor], cloud_cuts: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Feature-matching loss: mean over cut tensors of the MSE between adapted and cloud tensors, both whitened
+        with the adapter's per-channel statistics (the `feat` term of knowledge adaptation)."""
+        terms = [
+            F.mse_loss(a.whiten(adapted_cuts[int(k)]).float(), a.whiten(cloud_cuts[int(k)]).float())
+            for k, a in self.adapters.items()
+        ]
+        return torch.stack(terms).mean()
+
     def run_routes(self, img: torch.Tensor, routes: tuple[str, ...] = ROUTES, gate: bool = True) -> dict[str, Any]:
-        """Run several routes on one batch, sharing the edge pass.
+        """Run several routes on one batch, sharing the edge pass (and the cloud head, for the feature distance).
 
         Returns:
-            dict with an entry per requested route (the Detect head output) and, if `gate`, "gate": (B, 2) scores.
+            dict with an entry per requested route (the Detect head output), "gate": (B, 2) predicted gains if
+            `gate`, and "feat": the feature-matching loss of the batch when both "adapted" and "cloud" ran.
         """
         unknown = set(routes) - set(ROUTES)
         if unknown:
@@ -218,13 +275,19 @@ class ECCModel(DetectionModel):
         elif "adapted" in routes:
             feats = self.edge_features(img)
         if "adapted" in routes:
-            out["adapted"] = self.cloud_tail(self.adapt(feats))
+            adapted_cuts = self.adapt(feats)
+            out["adapted"] = self.cloud_tail(adapted_cuts)
         if "cloud" in routes:
-            out["cloud"] = self.cloud_forward(img)
+            cloud_cuts = self.cloud_cuts(img)
+            out["cloud"] = self.cloud_tail(cloud_cuts)  # identical to cloud_forward (tested), and gives the cuts
+            if "adapted" in routes:
+                out["feat"] = self.feature_distance(adapted_cuts, cloud_cuts)
         return out
 
-    def predict(self, x: torch.Tensor, profile: bool = False, augment: bool = False, embed=None) -> Any:
+    def predict(self, x: torch.Tensor, profile: bool = False, augment: bool = False, embed=None, **kwargs) -> Any:
         """Run the active route (Ultralytics' predict/validate entry point)."""
+        if self.route == ALL_ROUTES:
+            return self.run_routes(x)
         if self.route == "edge":
             return self.edge_forward(x)[0]
         if self.route == "cloud":

@@ -1,0 +1,183 @@
+"""ECCTrainer: Ultralytics' DetectionTrainer training one part of an ECC model at a time.
+
+The training loop, optimizer, scheduler, EMA, AMP, checkpoints, resume, early stopping and plots are Ultralytics'.
+What a stage changes:
+    - which parts are trainable (`ecc_yolo.losses.STAGE_TRAINABLE`); the rest is frozen after Ultralytics' own
+      freezing pass and kept in eval mode, so its BatchNorm statistics do not move;
+    - the objective (`ecc_yolo.losses.ECCLoss`), returned by the model's `loss` like any YOLO loss;
+    - validation (`ECCValidator`): every route side by side, fitness on the stage's own metric;
+    - stage=edge with distill=True: Ultralytics' DistillationModel, with the ECC's own cloud as the teacher
+      (written to weights/teacher.pt so that resume can rebuild it, as Ultralytics expects);
+    - stage=adapt: the adapters' whitening statistics are calibrated on `calib` training batches first (images
+      only), unless the model already has them.
+Checkpoints (weights/last.pt, best.pt) hold the whole ECCModel; resume=True continues exactly (see save_model).
+"""
+
+from __future__ import annotations
+
+import random
+from copy import copy, deepcopy
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.distill_model import DistillationModel
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.utils.torch_utils import unwrap_model
+
+from ecc_yolo.args import all_defaults, check_ecc_values, check_keys, default_project
+from ecc_yolo.engine.validator import ECCValidator, find_ecc
+from ecc_yolo.losses import STAGE_ROUTE, STAGE_TRAINABLE
+from ecc_yolo.nn.ecc_model import PARTS, ECCModel
+
+RESUME_STATE = "last_state.pt"  # exact-resume state kept beside last.pt while a run is unfinished
+
+
+class ECCTrainer(DetectionTrainer):
+    """Trains one ECC stage with Ultralytics' loop; see the module docstring."""
+
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Ultralytics trainer construction with ecc-yolo's defaults and checks.
+
+        Args:
+            cfg: base configuration (Ultralytics' default is replaced by ecc-yolo's, which includes it).
+            overrides: arguments, e.g. {"model": "cfg/ecc-tiny-11.yaml", "data": ..., "stage": "adapt"}.
+            _callbacks: Ultralytics callbacks.
+        """
+        overrides = dict(overrides or {})
+        check_keys(overrides)
+        check_ecc_values(overrides)
+        if cfg is DEFAULT_CFG:
+            cfg = all_defaults()
+        overrides.setdefault("project", default_project())
+        overrides.setdefault("name", overrides.get("stage", cfg.get("stage")))
+        super().__init__(cfg, overrides, _callbacks)
+        self.stage = self.args.stage
+        if self.stage == "edge" and self.args.distill and self.args.distill_model is None:
+            self.args.distill_model = str(self.wdir / "teacher.pt")  # written once the model exists
+        elif self.args.distill and self.stage != "edge":
+            LOGGER.warning(f"distill=True applies to stage=edge only; ignored for stage={self.stage}")
+
+    # -- model ---------------------------------------------------------------------------------------------------
+    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> ECCModel:
+        """An ECCModel from a cfg (path, name or self-contained dict), with `weights` (an ECC model) loaded."""
+        model = ECCModel(cfg, nc=self.data["nc"], ch=self.data.get("channels", 3), verbose=verbose and RANK == -1)
+        if weights:
+            model.load(weights, verbose=verbose)
+        model.set_route(STAGE_ROUTE[self.stage])
+        return model
+
+    def setup_model(self):
+        """Ultralytics' setup, plus the distillation teacher file for stage=edge distill=True."""
+        ckpt = super().setup_model()
+        teacher = self.args.distill_model
+        if self.stage == "edge" and self.args.distill and teacher == str(self.wdir / "teacher.pt"):
+            if not self.wdir.joinpath("teacher.pt").exists():
+                self._write_teacher(find_ecc(self.model))
+        return ckpt
+
+    def _write_teacher(self, ecc: ECCModel) -> None:
+        """Save the ECC's cloud as a standalone Ultralytics checkpoint for DistillationModel to load."""
+        cloud = deepcopy(ecc.cloud).half()
+        cloud.names = ecc.names
+        torch.save({"model": cloud, "train_args": {}}, self.wdir / "teacher.pt")
+        LOGGER.info(f"Distilling the edge from the ECC's cloud ({self.wdir / 'teacher.pt'})")
+
+    def set_model_attributes(self):
+        """Names, nc and args on the ECC model and on both detectors."""
+        super().set_model_attributes()
+        ecc = find_ecc(self.model)
+        for part in (ecc.edge, ecc.cloud):
+            part.nc, part.names, part.args = ecc.nc, ecc.names, self.args
+
+    def _build_train_pipeline(self):
+        """Dataloaders, then (stage=adapt) whitening calibration before the EMA copies the model."""
+        super()._build_train_pipeline()
+        ecc = find_ecc(self.model)
+        if self.stage in ("adapt", "joint") and not ecc.adapters_calibrated:
+            # A loader of its own, without augmentation or shuffling: statistics of real images, and the training
+            # loader's position and random state stay untouched (exact resume depends on it).
+            loader = self.get_dataloader(self.data["train"], batch_size=self.batch_size, rank=-1, mode="val")
+            images = []
+            for i, batch in enumerate(loader):
+                if i >= self.args.calib:
+                    break
+                images.append(self.preprocess_batch(batch)["img"])
+            ecc.calibrate_adapters(images)
+            LOGGER.info(f"Calibrated adapter whitening on {sum(len(x) for x in images)} training images")
+
+    def _setup_train(self):
+        """Ultralytics' setup, then freeze every part this stage does not train."""
+        super()._setup_train()
+        ecc = find_ecc(self.model)
+        trainable = set(STAGE_TRAINABLE[self.stage])
+        if self.stage == "joint" and self.args.freeze == "edge":
+            trainable.discard("edge")
+        ecc.freeze(tuple(p for p in PARTS if p not in trainable))
+        model = unwrap_model(self.model)
+        if isinstance(model, DistillationModel):
+            model._freeze_teacher()
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        LOGGER.info(f"stage={self.stage}: training {', '.join(sorted(trainable))} ({n:,} parameters)")
+
+    def get_validator(self):
+        """ECCValidator on the test loader."""
+        return ECCValidator(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
+
+    # -- exact resume ------------------------------------------------------------------------------------------
+    # Ultralytics' last.pt keeps only the fp16 EMA (the training weights are rebuilt from it), an fp16 optimizer
+    # state and no random-number state, so a resumed run drifts from an uninterrupted one. Beside last.pt we keep
+    # what an exact continuation needs; it is deleted when training completes.
+    def save_model(self):
+        """Ultralytics' checkpoints, plus weights/last_state.pt with the exact training state of this epoch."""
+        saved = super().save_model()
+        if saved:
+            state = {
+                "epoch": self.epoch,
+                "model": unwrap_model(self.model).state_dict(),
+                "ema": self.ema.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": self._rng_state(),
+            }
+            torch.save(state, self.wdir / RESUME_STATE)
+        return saved
+
+    def _rng_state(self) -> dict[str, Any]:
+        generator = getattr(self.train_loader, "generator", None)
+        return {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "loader": generator.get_state() if generator is not None else None,
+        }
+
+    def resume_training(self, ckpt):
+        """Ultralytics' resume, then the exact training state saved with the same epoch, when there is one."""
+        super().resume_training(ckpt)
+        path = self.wdir / RESUME_STATE
+        if ckpt is None or not self.resume or not path.exists():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["epoch"] != ckpt.get("epoch"):
+            LOGGER.warning(f"{path} is from epoch {state['epoch']}, last.pt from {ckpt.get('epoch')}: not used")
+            return
+        unwrap_model(self.model).load_state_dict(state["model"])
+        self.ema.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        generator = getattr(self.train_loader, "generator", None)
+        if rng["loader"] is not None and generator is not None:
+            generator.set_state(rng["loader"].cpu())
+        LOGGER.info(f"Restored the exact training state of epoch {state['epoch'] + 1} from {path}")
+
+    def final_eval(self):
+        """Ultralytics' final validation of best.pt; the exact-resume state is no longer needed."""
+        (self.wdir / RESUME_STATE).unlink(missing_ok=True)
+        super().final_eval()

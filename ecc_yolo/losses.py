@@ -1,0 +1,282 @@
+"""Training objectives of each ECC stage (Eccentric's knowledge distillation, knowledge adaptation and recall-rate
+boosting), as one criterion object that Ultralytics' trainer calls like any YOLO loss.
+
+Every objective returns (loss vector multiplied by batch size, detached items), the Ultralytics convention.
+
+Stages:
+    edge   detection loss of the edge (Ultralytics' own); `rrb > 1` weights positives in its classification BCE
+           (`pos_weight = rrb`) to raise recall at the operating confidence. Distillation from the cloud is
+           Ultralytics' `DistillationModel` wrapped around this model by the trainer, not done here.
+    cloud  detection loss of the cloud.
+    adapt  knowledge adaptation, edge and cloud frozen:
+             feat: mean over adapters of the MSE between the adapter's whitened prediction and the cloud's own cut
+                   tensor whitened with the same per-channel statistics (so tensors of any scale count alike);
+                   needs no labels;
+             det:  detection loss of the cloud tail run on the adapted cut tensors;
+             kd:   distillation of the cloud's head outputs into the adapted route (class scores: BCE to the
+                   cloud's probabilities; boxes: KL of the DFL bins, or L1 without DFL), weighted per anchor by the
+                   cloud's confidence; needs no labels;
+             rate: bits per transmitted value, a differentiable proxy: mean log2(1 + |z - mean_c(z)| / step), the
+                   size of a latent's deviation in quantisation steps.
+    gate   recall-rate boosting of the offload decision (see `gate_loss`).
+    joint  adapters, gate and (unless freeze=edge) the edge together on the objectives (edge, adapted, gate): a
+           preference-weighted sum, or with `pareto=True` the min-norm Pareto descent direction of their gradients.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from ultralytics.utils import nms
+
+from ecc_yolo.pareto import min_norm_weights
+from ecc_yolo.quality import batch_quality
+
+STAGE_ROUTE = {"edge": "edge", "cloud": "cloud", "adapt": "adapted", "gate": "adapted", "joint": "adapted"}
+STAGE_TRAINABLE = {
+    "edge": ("edge",),
+    "cloud": ("cloud",),
+    "adapt": ("adapters",),
+    "gate": ("gate",),
+    "joint": ("edge", "adapters", "gate"),
+}
+GATE_NMS = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}
+
+
+def raw_head_output(output: Any) -> dict:
+    """The raw prediction dict of a Detect head output in any mode, one-to-many branch for end-to-end heads."""
+    raw = output[1] if isinstance(output, tuple) else output
+    return raw["one2many"] if "one2many" in raw else raw
+
+
+def detections(head: nn.Module, output: Any) -> list[torch.Tensor]:
+    """NMS'ed detections (per image (N, 6) xyxy, conf, cls) decoded from a Detect head output in any mode."""
+    with torch.no_grad():
+        decoded = head._inference(raw_head_output(output))
+        return nms.non_max_suppression(decoded, **GATE_NMS)
+
+
+def gate_loss(predicted: torch.Tensor, target: torch.Tensor, rrb: float) -> torch.Tensor:
+    """Asymmetric squared error of predicted per-image gains (recall-rate boosting).
+
+    Target: gain[i, r] = quality of route r on image i minus quality of the edge (`ecc_yolo.quality`).
+    Loss: mean over images and routes of w * (predicted - target)^2, with w = rrb where the gate under-predicts the
+    gain (it would keep on the device an image that needed the cloud: a missed offload) and w = 1 where it
+    over-predicts (an unneeded offload). rrb > 1 pushes predictions towards an upper expectile of the gain, so
+    images on which the edge misses objects are rarely kept on the edge.
+    """
+    residual = predicted - target
+    weight = torch.where(residual < 0, torch.full_like(residual, rrb), torch.ones_like(residual))
+    return (weight * residual.square()).mean()
+
+
+def rate_bits(latent: torch.Tensor, bits: int) -> torch.Tensor:
+    """Differentiable proxy of bits per value: log2(1 + deviation from the channel mean in quantisation steps)."""
+    levels = (1 << bits) - 1
+    zmin, zmax = latent.amin((2, 3), keepdim=True), latent.amax((2, 3), keepdim=True)
+    step = ((zmax - zmin) / levels).clamp_min(1e-8).detach()
+    return torch.log2(1 + (latent - latent.mean((2, 3), keepdim=True)).abs() / step).mean()
+
+
+def head_distillation(student: Any, teacher: Any, reg_max: int) -> torch.Tensor:
+    """Distil a teacher head's raw outputs into a student's, weighted per anchor by the teacher's confidence."""
+    s, t = raw_head_output(student), raw_head_output(teacher)
+    t_scores = t["scores"].detach().float()
+    weight = t_scores.sigmoid().amax(1, keepdim=True)  # (B, 1, A)
+    norm = weight.sum().clamp_min(1e-6)
+    cls = F.binary_cross_entropy_with_logits(s["scores"].float(), t_scores.sigmoid(), reduction="none")
+    cls = (cls * weight).sum() / (norm * t_scores.shape[1])
+    sb, tb = s["boxes"].float(), t["boxes"].detach().float()
+    if reg_max > 1:
+        b, _, a = sb.shape
+        sb, tb = sb.view(b, 4, reg_max, a), tb.view(b, 4, reg_max, a)
+        box = F.kl_div(sb.log_softmax(2), tb.log_softmax(2), log_target=True, reduction="none").sum(2)
+    else:
+        box = (sb - tb).abs()
+    box = (box * weight).sum() / (norm * 4)
+    return cls + box
+
+
+class ECCLoss:
+    """Criterion of the current stage (`model.args.stage`); see the module docstring."""
+
+    def __init__(self, model: nn.Module):
+        """Build the per-part detection criteria the stage needs.
+
+        Args:
+            model: the ECCModel being trained (its `args` carry the stage and the loss weights).
+        """
+        self.model = model
+        args = model.args
+        self.hyp = args if hasattr(args, "stage") else SimpleNamespace(**args)
+        self.stage = self.hyp.stage
+        for part in (model.edge, model.cloud):
+            part.args = self.hyp
+        self.edge_det = model.edge.init_criterion()
+        self.cloud_det = model.cloud.init_criterion()
+        if self.stage == "edge" and self.hyp.rrb > 1:
+            self._boost_positives(self.edge_det, self.hyp.rrb)
+        self.prefs = torch.tensor(self.hyp.prefs or [1.0, 1.0, 1.0], dtype=torch.float32)
+        self.last_weights: torch.Tensor | None = None  # joint stage: the weights of the last step
+
+    @staticmethod
+    def _boost_positives(criterion: Any, rrb: float) -> None:
+        """Weight positives by `rrb` in the classification BCE of a (possibly end-to-end) detection criterion."""
+        parts = (criterion.one2many, criterion.one2one) if hasattr(criterion, "one2one") else (criterion,)
+        for c in parts:
+            c.bce = nn.BCEWithLogitsLoss(reduction="none", pos_weight=torch.full((c.nc,), float(rrb), device=c.device))
+
+    def update(self) -> None:
+        """Epoch-end hook (end-to-end heads decay their one-to-many weight)."""
+        for c in (self.edge_det, self.cloud_det):
+            if hasattr(c, "update"):
+                c.update()
+
+    # -- objectives ------------------------------------------------------------------------------------------
+    def __call__(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of the stage for one batch; `preds` is the model's output for the batch when the caller has it."""
+        if self.stage in ("edge", "cloud"):
+            route = self.stage
+            out = preds.get(route) if isinstance(preds, dict) and route in preds else preds
+            if out is None:
+                m = self.model
+                out = m.edge_forward(batch["img"])[0] if route == "edge" else m.cloud_forward(batch["img"])
+            return (self.edge_det if route == "edge" else self.cloud_det)(out, batch)
+        if self.stage == "adapt":
+            with torch.no_grad():
+                feats = self.model.edge_features(batch["img"])
+            terms = self.adaptation_terms(batch, feats)
+            names = ("feat", "det", "kd", "rate")
+            weights = [getattr(self.hyp, n) for n in names]
+            bs = batch["img"].shape[0]
+            loss = torch.stack([w * terms[n] for w, n in zip(weights, names)]) * bs
+            return loss, {n: terms[n].detach() for n in names}
+        if self.stage == "gate":
+            with torch.no_grad():
+                edge_out, feats = self.model.edge_forward(batch["img"], keep=self._edge_keep())
+            loss, target = self.gate_objective(batch, feats, edge_out)
+            return loss[None] * batch["img"].shape[0], {"gate": loss.detach(), "gain": target[:, 0].mean()}
+        if self.stage == "joint":
+            return self.joint_objective(batch)
+        raise ValueError(f"unknown stage '{self.stage}'")
+
+    def _edge_keep(self) -> tuple[int, ...]:
+        return tuple({*self.model.adapter_sources, *self.model.gate_layers})
+
+    def adaptation_terms(self, batch: dict, feats: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """feat, det, kd and rate terms (unweighted, per image) of the adapted route on edge features `feats`."""
+        m = self.model
+        img = batch["img"]
+        with torch.no_grad():
+            cloud_cuts = m.cloud_cuts(img)
+            cloud_out = m.cloud_tail(cloud_cuts) if self.hyp.kd > 0 else None
+        feat_terms, rate_terms, cuts = [], [], {}
+        for key, adapter in m.adapters.items():
+            latent = adapter.encode(feats[adapter.edge_layer])
+            whitened = adapter.predict_whitened(adapter.transmit(latent))
+            cuts[int(key)] = adapter.unwhiten(whitened)
+            feat_terms.append(F.mse_loss(whitened.float(), adapter.whiten(cloud_cuts[int(key)]).float()))
+            rate_terms.append(rate_bits(latent.float(), adapter.bits))
+        out = m.cloud_tail(cuts)
+        zero = torch.zeros((), device=img.device)
+        det = self.cloud_det(out, batch)[0].sum() / img.shape[0] if self.hyp.det > 0 else zero
+        kd = head_distillation(out, cloud_out, m.cloud.model[-1].reg_max) if cloud_out is not None else zero
+        return {
+            "feat": torch.stack(feat_terms).mean(),
+            "det": det,
+            "kd": kd,
+            "rate": torch.stack(rate_terms).mean(),
+            "adapted_out": out,
+        }
+
+    def gate_objective(
+        self, batch: dict, feats: dict[int, torch.Tensor], edge_out: Any, adapted_out: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate loss, (B, 2) gain targets) for one batch; targets come from the current models without gradient."""
+        m = self.model
+        img = batch["img"]
+        imgsz = tuple(img.shape[2:])
+        with torch.no_grad():
+            if adapted_out is None:
+                adapted_out = m.cloud_tail(m.adapt(feats))
+            cloud_out = m.cloud_forward(img)
+            edge_head, cloud_head = m.edge.model[-1], m.cloud.model[-1]
+            quality = [
+                batch_quality(detections(head, out), batch, imgsz)
+                for head, out in ((edge_head, edge_out), (cloud_head, adapted_out), (cloud_head, cloud_out))
+            ]
+            target = torch.stack([quality[1] - quality[0], quality[2] - quality[0]], 1).to(img.device)
+        predicted = m.gate_scores(feats, edge_out)
+        return gate_loss(predicted.float(), target, self.hyp.rrb), target
+
+    def joint_objective(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Edge, adapted and gate objectives combined by preference weights or by the Pareto descent direction."""
+        m = self.model
+        img = batch["img"]
+        edge_trains = getattr(self.hyp, "freeze", None) != "edge"
+        edge_out, feats = m.edge_forward(img, keep=self._edge_keep())
+        terms = self.adaptation_terms(batch, feats)
+        adapted = sum(getattr(self.hyp, n) * terms[n] for n in ("feat", "det", "kd", "rate"))
+        gate, _ = self.gate_objective(
+            batch, {k: v.detach() for k, v in feats.items()}, _detach(edge_out), _detach(terms["adapted_out"])
+        )
+        objectives = [adapted, gate]
+        prefs = [self.prefs[1], self.prefs[2]]
+        if edge_trains:
+            objectives.insert(0, self.edge_det(edge_out, batch)[0].sum() / img.shape[0])
+            prefs.insert(0, self.prefs[0])
+        prefs = torch.stack(prefs).to(img.device)
+        if self.hyp.pareto and torch.is_grad_enabled():  # validation reports the weighted sum
+            weights = self._pareto_weights(objectives, prefs)
+        else:
+            weights = prefs / prefs.sum() * len(objectives)
+        self.last_weights = weights.detach()
+        total = sum(w * o for w, o in zip(weights, objectives))
+        names = ("edge", "adapted", "gate")[-len(objectives) :]
+        items = {n: o.detach() for n, o in zip(names, objectives)}
+        items.update({f"w_{n}": w.detach() for n, w in zip(names, weights)})
+        items.setdefault("edge", torch.zeros((), device=img.device))
+        items.setdefault("w_edge", torch.zeros((), device=img.device))
+        items = {k: items[k] for k in ("edge", "adapted", "gate", "w_edge", "w_adapted", "w_gate")}
+        return total[None] * img.shape[0], items
+
+    def _pareto_weights(self, objectives: list[torch.Tensor], prefs: torch.Tensor) -> torch.Tensor:
+        """Loss weights that make the backward pass produce the Pareto descent direction.
+
+        Each objective's gradient over the trainable parameters is normalised to unit length (otherwise the
+        objective with the smallest gradient takes all the weight, MGDA's known failure mode), scaled by its
+        preference, and the min-norm combination a of those is found; returning a_i * p_i / |g_i| as loss weights
+        makes the summed loss's gradient exactly that combination.
+        """
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        rows = []
+        for obj in objectives:
+            grads = torch.autograd.grad(obj, params, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]))
+        grads = torch.stack(rows).float()
+        norms = grads.norm(dim=1)
+        # An objective with no gradient is stationary: no step can raise it to first order, so it does not
+        # constrain the direction (left in, its zero gradient would be the min-norm point and stop all progress).
+        active = norms > 1e-12 * norms.max().clamp_min(1e-30)
+        weights = torch.zeros_like(norms)
+        if active.any():
+            scaled = grads[active] / norms[active, None] * prefs[active, None].float()
+            weights[active] = min_norm_weights(scaled) * prefs[active].float() / norms[active]
+        return weights.to(prefs.dtype)
+
+
+def _detach(output: Any) -> Any:
+    """Detach a head output (tensor, tuple or dict of tensors)."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple):
+        return tuple(_detach(x) for x in output)
+    if isinstance(output, dict):
+        return {k: _detach(v) for k, v in output.items()}
+    if isinstance(output, list):
+        return [_detach(x) for x in output]
+    return output

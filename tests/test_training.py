@@ -1,0 +1,239 @@
+"""ECC training: every stage from the CLI, freezing, exact resume, checkpoints, and what the stages achieve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import CFG_DIR, REPO, train_args
+
+import cv2
+
+from ecc_yolo.checkpoint import load_ecc
+from ecc_yolo.costs import to_tensor
+from ecc_yolo.engine.model import ECC
+from ecc_yolo.engine.trainer import RESUME_STATE, ECCTrainer
+from ecc_yolo.engine.validator import ECCValidator
+from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.policy import top_share_mask
+
+TINY = str(CFG_DIR / "ecc-tiny-11.yaml")
+
+
+def results(run_dir) -> list[dict[str, float]]:
+    with open(run_dir / "results.csv") as f:
+        return [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def part_state(model: ECCModel, part: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().clone() for k, v in getattr(model, part).state_dict().items()}
+
+
+def same_state(a: dict, b: dict, atol: float = 0.0) -> bool:
+    return all(torch.allclose(a[k], b[k], atol=atol, rtol=0) for k in a)
+
+
+STAGES = [
+    ("edge", ["distill=True"], ("edge",)),
+    ("cloud", [], ("cloud",)),
+    ("adapt", ["rate=0.01"], ("adapters",)),
+    ("gate", ["rrb=3"], ("gate",)),
+    ("joint", ["pareto=True"], ("edge", "adapters", "gate")),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, extra, trained", STAGES, ids=[s[0] for s in STAGES])
+def test_every_stage_runs_from_the_cli_and_trains_only_its_parts(stage, extra, trained, synth_data, tmp_path):
+    start = tmp_path / "start.pt"
+    ECC(TINY).save(start)
+    cmd = [sys.executable, "-m", "ecc_yolo", "train", f"model={start}", f"data={synth_data}", f"stage={stage}",
+           "epochs=2", "imgsz=96", "batch=8", "plots=False", f"project={tmp_path}", "name=run", "exist_ok=True", *extra]
+    r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "YOLO_OFFLINE": "1"}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = results(tmp_path / "run")
+    assert len(rows) == 2
+    for route in ("edge", "adapted", "cloud"):  # every route's mAP, side by side, every epoch
+        assert f"metrics/{route}_mAP50-95(B)" in rows[0]
+    assert "metrics/feat" in rows[0] and "metrics/eccd_mAP50-95(B)" in rows[0]
+
+    before, _ = load_ecc(start)
+    after, _ = load_ecc(tmp_path / "run" / "weights" / "last.pt")
+    assert after.spec.to_dict() == before.spec.to_dict()
+    for part in ("edge", "cloud", "adapters", "gate"):
+        unchanged = same_state(part_state(before, part), part_state(after, part))
+        if part not in trained:  # frozen parts keep their weights and their BatchNorm statistics
+            assert unchanged, f"{stage}: frozen {part} changed"
+        elif part != "gate":  # untrained routes are all equally bad: zero gain targets, nothing for the gate to learn
+            assert not unchanged, f"{stage}: {part} did not train"
+
+
+def test_unknown_stage_and_bad_values_are_refused(synth_data, tmp_path):
+    from ecc_yolo.args import ArgumentError
+
+    with pytest.raises(ArgumentError, match="stage must be one of"):
+        ECCTrainer(overrides=train_args(synth_data, tmp_path, model=TINY, stage="fly"))
+    with pytest.raises(ArgumentError, match="rrb must be a number >= 1"):
+        ECCTrainer(overrides=train_args(synth_data, tmp_path, model=TINY, stage="gate", rrb=0.5))
+    with pytest.raises(ArgumentError, match="not a valid ecc-yolo argument"):
+        ECCTrainer(overrides=train_args(synth_data, tmp_path, model=TINY, stgae="gate"))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["adapt", "cloud"])
+def test_resume_after_an_interruption_gives_the_same_weights(stage, synth_data, tmp_path):
+    """With one optimizer step per batch (batch >= nbs), a resumed run ends bit-identical to an uninterrupted one.
+
+    With gradient accumulation (batch < nbs) Ultralytics' loop restarts its accumulation counter on resume and
+    drops gradients accumulated since the last step, so the first steps group batches differently (documented)."""
+    args = train_args(synth_data, tmp_path, model=TINY, stage=stage, epochs=3, nbs=8, close_mosaic=1, val=False)
+    ECCTrainer(overrides={**args, "name": "full"}).train()
+
+    cut = ECCTrainer(overrides={**args, "name": "cut"})
+
+    def interrupt(trainer):
+        if trainer.epoch == 1:
+            raise _Interrupt
+
+    cut.add_callback("on_model_save", interrupt)
+    with pytest.raises(_Interrupt):
+        cut.train()
+    last = tmp_path / "cut" / "weights" / "last.pt"
+    assert (last.parent / RESUME_STATE).exists()
+    ECCTrainer(overrides={**args, "name": "cut", "resume": str(last)}).train()
+    assert not (last.parent / RESUME_STATE).exists()  # removed once the run completed
+
+    full = torch.load(tmp_path / "full" / "weights" / "last.pt", weights_only=False)["model"].float().state_dict()
+    resumed = torch.load(last, weights_only=False)["model"].float().state_dict()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+@pytest.mark.slow
+def test_distillation_checkpoints_load_predict_validate_and_resume(synth_data, tmp_path):
+    """Ultralytics' own distillation once left its wrapper inside last.pt (PR #25415): check ours does not bite."""
+    args = train_args(synth_data, tmp_path, model=TINY, stage="edge", distill=True, epochs=2, name="kd")
+    trainer = ECCTrainer(overrides=args)
+
+    def interrupt(t):
+        raise _Interrupt
+
+    trainer.add_callback("on_model_save", interrupt)
+    with pytest.raises(_Interrupt):
+        trainer.train()
+    last = tmp_path / "kd" / "weights" / "last.pt"
+    mid, ckpt = load_ecc(last)  # a mid-training checkpoint holds the distillation wrapper: unwrapped on load
+    assert isinstance(mid, ECCModel) and ckpt["optimizer"] is not None
+
+    ECCTrainer(overrides={**args, "resume": str(last)}).train()
+    for name in ("last.pt", "best.pt"):
+        ecc = ECC(str(tmp_path / "kd" / "weights" / name))
+        assert type(ecc.model) is ECCModel
+        image = next((synth_data.parent / "images" / "val").glob("*.jpg"))
+        for route in ("edge", "cloud", "adapted", "auto"):
+            (result,) = ecc.predict(str(image), route=route, imgsz=96, verbose=False)
+            assert result.route in ("edge", "adapted") if route == "auto" else result.route == route
+        metrics = ecc.val(data=str(synth_data), imgsz=96, batch=8, plots=False, project=str(tmp_path), name="v")
+        assert "metrics/edge_mAP50-95(B)" in metrics.ecc
+
+
+def test_joint_pareto_weights_form_a_common_descent_direction(synth_data, tmp_path):
+    """One joint step: the loss weights turn the objectives' gradients into their min-norm convex combination."""
+    trainer = ECCTrainer(overrides=train_args(synth_data, tmp_path, model=TINY, stage="joint", pareto=True))
+    trainer._setup_train()
+    model = trainer.model
+    model.train()
+    batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
+    loss, items = model.loss(batch)
+    weights = model.criterion.last_weights
+    assert set(items) >= {"edge", "adapted", "gate", "w_edge", "w_adapted", "w_gate"}
+    assert torch.all(weights >= 0) and weights.shape == (3,)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    objectives = []
+    for obj in ("edge", "adapted", "gate"):
+        model.criterion.hyp.pareto = False
+        model.criterion.prefs = torch.tensor([float(obj == "edge"), float(obj == "adapted"), float(obj == "gate")])
+        model.zero_grad()
+        (model.loss(batch)[0].sum()).backward()
+        objectives.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]))
+    grads = torch.stack(objectives)
+    direction = (weights[:, None] / 3 * grads).sum(0)  # non-pareto runs weight each objective by 3 * pref / sum
+    assert torch.all(grads @ direction >= -1e-6 * grads.norm(dim=1) * direction.norm())
+
+
+# -- what the stages achieve, measured on the tiny zoo that tools/train_zoo.py --tiny trains on CPU -------------
+
+
+@pytest.mark.slow
+def test_tiny_zoo_pipeline_writes_checkpoint_and_manifest(tiny_zoo):
+    manifest = json.loads((tiny_zoo / "manifest.json").read_text())
+    (name, info), = manifest["files"].items()
+    import hashlib
+
+    assert hashlib.sha256((tiny_zoo / name).read_bytes()).hexdigest() == info["sha256"]
+    stages = [c["stage"] for c in manifest["commands"]]
+    assert stages == ["data", "heldout", "cloud", "edge", "adapt", "gate", "val"]
+    assert all(c["command"].startswith("ecc-yolo ") for c in manifest["commands"])
+    maps = manifest["heldout_map50_95"]
+    assert maps["cloud_mAP50-95"] > maps["edge_mAP50-95"]  # the cloud is the stronger detector
+
+
+@pytest.mark.slow
+def test_adapt_stage_lowers_feature_loss_and_raises_adapted_map(tiny_zoo):
+    runs = tiny_zoo / "runs"
+    untrained = results(runs / "edge")[-1]["metrics/adapted_mAP50-95(B)"]  # adapters never trained
+    adapted = results(runs / "adapt")[-1]["metrics/adapted_mAP50-95(B)"]
+    assert adapted > untrained + 0.01
+
+    # Feature-matching loss on held-out images, in the whitened space the stage trained in (its fixed statistics),
+    # for the adapters before training (those of the edge stage's checkpoint) and after.
+    after, _ = load_ecc(runs / "adapt" / "weights" / "best.pt")
+    before = ECCModel(after.spec, verbose=False).eval()
+    before.load(load_ecc(runs / "edge" / "weights" / "best.pt")[0], verbose=False)
+    for key, adapter in after.adapters.items():
+        before.adapters[key].set_target_stats(adapter.target_mean, adapter.target_std)
+    files = sorted((tiny_zoo / "heldout" / "images" / "val").glob("*.jpg"))
+    images = torch.cat([to_tensor(cv2.imread(str(f))) for f in files])
+    with torch.no_grad():
+        distance = [m.feature_distance(m.adapt(m.edge_features(images)), m.cloud_cuts(images)) for m in (before, after)]
+    assert distance[1] < distance[0]
+
+
+def _validate(ckpt, data, tmp_path) -> ECCValidator:
+    v = ECCValidator(args=dict(model=str(ckpt), data=str(data), imgsz=128, batch=16, plots=False, stage="gate",
+                               device="cpu", project=str(tmp_path), name="val", exist_ok=True))
+    v(model=str(ckpt))
+    return v
+
+
+@pytest.mark.slow
+def test_gate_beats_random_offloading_at_equal_ratio(tiny_zoo, tmp_path):
+    v = _validate(tiny_zoo / "ecc-synth-tiny.pt", tiny_zoo / "data" / "data.yaml", tmp_path)
+    scores = v.gate_scores_all
+    for ratio in (0.2, 0.3):
+        gate = v.routed_map(top_share_mask(scores, ratio))[1]
+        k = round(ratio * len(scores))
+        random = np.mean([v.routed_map(np.random.default_rng(s).permutation(len(scores)) < k)[1] for s in range(10)])
+        assert gate > random, f"ratio {ratio}: gate {gate:.4f} <= random {random:.4f}"
+
+
+@pytest.mark.slow
+def test_rrb_raises_the_recall_of_needed_offloads(tiny_zoo, tmp_path):
+    recall = {}
+    for rrb in (1.0, 4.0):
+        args = dict(model=str(tiny_zoo / "runs" / "adapt" / "weights" / "best.pt"), stage="gate", rrb=rrb,
+                    data=str(tiny_zoo / "data" / "data.yaml"), imgsz=128, batch=16, epochs=3, plots=False,
+                    device="cpu", project=str(tmp_path), name=f"rrb{rrb}", exist_ok=True, optimizer="AdamW",
+                    lr0=0.003, warmup_epochs=1, mosaic=0.5, seed=0)
+        ECCTrainer(overrides=args).train()
+        recall[rrb] = results(tmp_path / f"rrb{rrb}")[-1]["metrics/offload_recall"]
+    assert recall[4.0] > recall[1.0]
