@@ -1,11 +1,17 @@
 """The offload decision: where a frame is answered.
 
 The gate (`ecc_yolo.nn.gate`) predicts, per frame, the gain in AP50-95 that each offload route would bring over the
-edge. This module turns predictions into decisions: a frame is offloaded when its predicted gain exceeds a
-threshold, and thresholds are chosen to hit an offload ratio.
+edge. This module turns predictions into decisions:
+- `offload_mask`: offload when the predicted gain exceeds a threshold (what `route=auto` does, threshold = the
+  model's `gate_threshold`);
+- `top_share_mask` / `threshold_for_ratio`: evaluate or calibrate a router at a given offload ratio;
+- `BudgetController`: move the threshold online so that a stream respects an offload ratio or a bit rate.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,3 +42,79 @@ def top_share_mask(scores: np.ndarray, ratio: float) -> np.ndarray:
     mask = np.zeros(len(scores), dtype=bool)
     mask[np.argsort(-scores, kind="stable")[:k]] = True
     return mask
+
+
+@dataclass
+class Budget:
+    """A stream's offload budget: a share of frames, or a bit rate (kbit/s) at a frame rate."""
+
+    ratio: float | None = None
+    kbps: float | None = None
+
+    @classmethod
+    def parse(cls, value: float | str | None) -> Budget | None:
+        """`0.3` (share of frames) or `"200kbps"` (bit rate); None for no budget.
+
+        Raises:
+            ValueError: anything else.
+        """
+        if value is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not 0 < value <= 1:
+                raise ValueError(f"budget ratio must be in (0, 1], got {value}")
+            return cls(ratio=float(value))
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*kbps\s*", str(value).lower())
+        if not match or float(match.group(1)) <= 0:
+            raise ValueError(f"budget must be an offload ratio in (0, 1] or a bit rate such as 200kbps, got {value!r}")
+        return cls(kbps=float(match.group(1)))
+
+
+@dataclass
+class BudgetController:
+    """Adapts the offload threshold online so that the realised offload ratio (or bit rate) tracks a budget.
+
+    After each decision the threshold moves by `step` times the error between what was spent and what the budget
+    allows for one frame (a stochastic-approximation update): spending too much raises the threshold, spending too
+    little lowers it. With a bit-rate budget the allowance per frame is kbps * 1000 / 8 / fps bytes and the error
+    is measured in units of the running mean payload size.
+    """
+
+    budget: Budget
+    threshold: float = 0.05
+    fps: float = 30.0
+    step: float = 0.05
+    mean_payload_bytes: float = 0.0
+    decisions: int = field(default=0, init=False)
+    offloads: int = field(default=0, init=False)
+    bytes_sent: int = field(default=0, init=False)
+
+    def decide(self, score: float) -> bool:
+        """Offload this frame? (Then report what was sent with `record`.)"""
+        return bool(score > self.threshold)
+
+    def record(self, offloaded: bool, payload_bytes: int = 0) -> None:
+        """Account one frame's decision (and the bytes it sent) and move the threshold."""
+        self.decisions += 1
+        self.offloads += int(offloaded)
+        self.bytes_sent += int(payload_bytes)
+        if offloaded and payload_bytes:
+            n = self.offloads
+            self.mean_payload_bytes += (payload_bytes - self.mean_payload_bytes) / n
+        if self.budget.ratio is not None:
+            error = float(offloaded) - self.budget.ratio
+        else:
+            allowance = self.budget.kbps * 1000 / 8 / self.fps
+            unit = self.mean_payload_bytes or max(payload_bytes, 1)
+            error = (payload_bytes - allowance) / unit
+        self.threshold += self.step * error
+
+    @property
+    def offload_ratio(self) -> float:
+        """Share of frames offloaded so far."""
+        return self.offloads / self.decisions if self.decisions else 0.0
+
+    @property
+    def kbps(self) -> float:
+        """Bit rate spent so far, at the controller's frame rate."""
+        return self.bytes_sent * 8 / 1000 / (self.decisions / self.fps) if self.decisions else 0.0
