@@ -116,6 +116,7 @@ def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:
         "edge": count_params(model.edge),
         "cloud": count_params(model.cloud),
         "cloud_tail": count_params(model.cloud.model[model.spec.entry :]),
+        "adapted_tail_copy": count_params(model.adapted_cloud.model[model.spec.entry :]) if model.adapted_cloud else 0,
         "adapter_encoders": count_params(encoders),
         "adapter_decoders": count_params(decoders),
         "gate": count_params(model.gate),

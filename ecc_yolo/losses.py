@@ -28,21 +28,22 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from ultralytics.utils import nms
 
 from ecc_yolo.pareto import min_norm_weights
-from ecc_yolo.quality import batch_quality
+from ecc_yolo.quality import batch_stats, marginal_gains
 
 STAGE_ROUTE = {"edge": "edge", "cloud": "cloud", "adapt": "adapted", "gate": "adapted", "joint": "adapted"}
 STAGE_TRAINABLE = {
     "edge": ("edge",),
     "cloud": ("cloud",),
-    "adapt": ("adapters",),
+    "adapt": ("adapters", "adapted_cloud"),
     "gate": ("gate",),
-    "joint": ("edge", "adapters", "gate"),
+    "joint": ("edge", "adapters", "gate", "adapted_cloud"),
 }
 GATE_NMS = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}
 
@@ -63,7 +64,8 @@ def detections(head: nn.Module, output: Any) -> list[torch.Tensor]:
 def gate_loss(predicted: torch.Tensor, target: torch.Tensor, rrb: float) -> torch.Tensor:
     """Asymmetric squared error of predicted per-image gains (recall-rate boosting).
 
-    Target: gain[i, r] = quality of route r on image i minus quality of the edge (`ecc_yolo.quality`).
+    Target: gain[i, r], image i's marginal contribution to the batch's mAP50-95 when answered by route r instead of
+    the edge (`ecc_yolo.quality.marginal_gains`).
     Loss: mean over images and routes of w * (predicted - target)^2, with w = rrb where the gate under-predicts the
     gain (it would keep on the device an image that needed the cloud: a missed offload) and w = 1 where it
     over-predicts (an unneeded offload). rrb > 1 pushes predictions towards an upper expectile of the gain, so
@@ -181,7 +183,7 @@ class ECCLoss:
             cuts[int(key)] = adapter.unwhiten(whitened)
             feat_terms.append(F.mse_loss(whitened.float(), adapter.whiten(cloud_cuts[int(key)]).float()))
             rate_terms.append(rate_bits(latent.float(), adapter.bits))
-        out = m.cloud_tail(cuts)
+        out = m.adapted_tail(cuts)
         zero = torch.zeros((), device=img.device)
         det = self.cloud_det(out, batch)[0].sum() / img.shape[0] if self.hyp.det > 0 else zero
         kd = head_distillation(out, cloud_out, m.cloud.model[-1].reg_max) if cloud_out is not None else zero
@@ -202,14 +204,15 @@ class ECCLoss:
         imgsz = tuple(img.shape[2:])
         with torch.no_grad():
             if adapted_out is None:
-                adapted_out = m.cloud_tail(m.adapt(feats))
+                adapted_out = m.adapted_tail(m.adapt(feats))
             cloud_out = m.cloud_forward(img)
             edge_head, cloud_head = m.edge.model[-1], m.cloud.model[-1]
-            quality = [
-                batch_quality(detections(head, out), batch, imgsz)
+            edge, adapted, cloud = (
+                batch_stats(detections(head, out), batch, imgsz)
                 for head, out in ((edge_head, edge_out), (cloud_head, adapted_out), (cloud_head, cloud_out))
-            ]
-            target = torch.stack([quality[1] - quality[0], quality[2] - quality[0]], 1).to(img.device)
+            )
+            gains = np.stack([marginal_gains(edge, adapted), marginal_gains(edge, cloud)], 1)
+            target = torch.from_numpy(gains).float().to(img.device)
         predicted = m.gate_scores(feats, edge_out)
         return gate_loss(predicted.float(), target, self.hyp.rrb), target
 

@@ -118,3 +118,22 @@ class BudgetController:
     def kbps(self) -> float:
         """Bit rate spent so far, at the controller's frame rate."""
         return self.bytes_sent * 8 / 1000 / (self.decisions / self.fps) if self.decisions else 0.0
+
+
+ROUTE_CODES = {"edge": 0, "adapted": 1, "cloud": 2}  # how evaluation encodes where each frame was answered
+
+
+def three_way_priority(gains: np.ndarray) -> np.ndarray:
+    """ECC_D+ offload priority of each frame: the larger of its predicted gains (adapted, cloud)."""
+    return np.asarray(gains).max(axis=1)
+
+
+def three_way_routes(gains: np.ndarray, offloaded: np.ndarray, margin: float) -> np.ndarray:
+    """ECC_D+: where each frame is answered (ROUTE_CODES). An offloaded frame goes to the full cloud (the device
+    sends its JPEG) when the gate expects the cloud to beat the adapted route by more than `margin` (it costs more
+    cloud compute and more bytes), otherwise to the adapted route."""
+    gains = np.asarray(gains)
+    codes = np.zeros(len(gains), dtype=np.int64)
+    prefer_cloud = gains[:, 1] - gains[:, 0] > margin
+    codes[offloaded] = np.where(prefer_cloud[offloaded], ROUTE_CODES["cloud"], ROUTE_CODES["adapted"])
+    return codes

@@ -11,6 +11,7 @@ Schema (every key is documented in `cfg/README.md`; `cfg/ecc-yolo11n-l.yaml` is 
     adapters:                  # exactly one per tensor in the cloud's cut set at `entry`
       - {cloud: 4, edge: 4}    # cloud tensor reproduced, edge layer feeding it (+ any adapter field)
     gate: {hidden: 64}         # optional offload-gate settings
+    tail: shared               # optional: "copy" gives the adapted route its own trainable copy of the cloud tail
 
 Geometry (strides, channels, the cut set) can only be checked against built networks; `check_geometry` does that
 and is called by `ECCModel` as soon as both detectors exist.
@@ -27,7 +28,8 @@ from ultralytics.utils import YAML
 
 CFG_DIR = Path(__file__).resolve().parent / "cfg"  # shipped ECC cfgs (the repo's top-level cfg/ links here)
 PART_KEYS = ("edge", "cloud")
-TOP_KEYS = {"nc", "edge", "cloud", "entry", "adapter", "adapters", "gate", "name", "channels"}
+TOP_KEYS = {"nc", "edge", "cloud", "entry", "adapter", "adapters", "gate", "name", "channels", "tail"}
+TAIL_MODES = ("shared", "copy")
 ADAPTER_KEYS = {"cloud", "edge", "depth", "channels", "bottleneck", "bits"}
 ADAPTER_DEFAULT_KEYS = ADAPTER_KEYS - {"cloud", "edge"}
 GATE_KEYS = {"hidden", "layers"}
@@ -83,6 +85,7 @@ class ECCSpec:
     adapters: tuple[AdapterSpec, ...]
     gate: GateSpec = GateSpec()
     nc: int | None = None
+    tail: str = "shared"  # "copy": the adapted route runs its own, trainable copy of the cloud tail
 
     def to_dict(self) -> dict[str, Any]:
         """Self-contained cfg dict (detector YAMLs inlined, no file references): what checkpoints record."""
@@ -94,6 +97,7 @@ class ECCSpec:
             "entry": self.entry,
             "adapters": [{f.name: getattr(a, f.name) for f in fields(a)} for a in self.adapters],
             "gate": {"hidden": self.gate.hidden, "layers": list(self.gate.layers) if self.gate.layers else None},
+            "tail": self.tail,
         }
 
     def adapter_for(self, cloud_layer: int) -> AdapterSpec:
@@ -186,6 +190,9 @@ def parse_spec(data: dict[str, Any], source: str = "<dict>") -> ECCSpec:
     if layers is not None and (not isinstance(layers, list) or not layers or not all(_is_int(x) for x in layers)):
         fail("gate.layers", f"must be a non-empty list of edge layer indices, got {layers!r}")
     gate = GateSpec(hidden=hidden, layers=tuple(layers) if layers else None)
+    tail = data.get("tail", "shared")
+    if tail not in TAIL_MODES:
+        fail("tail", f"must be one of {', '.join(TAIL_MODES)}, got {tail!r}")
 
     return ECCSpec(
         name=str(data.get("name") or Path(source).stem),
@@ -195,6 +202,7 @@ def parse_spec(data: dict[str, Any], source: str = "<dict>") -> ECCSpec:
         adapters=adapters,
         gate=gate,
         nc=nc,
+        tail=tail,
     )
 
 

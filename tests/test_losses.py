@@ -12,60 +12,82 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ecc_yolo.losses import gate_loss, head_distillation, rate_bits
-from ecc_yolo.quality import EMPTY_IMAGE_CONF, image_ap, match_predictions
+from ecc_yolo.quality import dataset_map, image_stats, marginal_gains
 
 
-def _coco_single_image_ap(gt: np.ndarray, det: np.ndarray, scores: np.ndarray) -> float:
-    """pycocotools AP50-95 of one image and one category (boxes xyxy)."""
-    images = [{"id": 1, "width": 640, "height": 640}]
-    anns = [
-        {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-         "area": float((b[2] - b[0]) * (b[3] - b[1])), "iscrowd": 0}
-        for i, b in enumerate(gt)
-    ]
+def _scene(rng: np.random.Generator, n_images: int, n_classes: int = 3):
+    """Ground truth and jittered detections (with misses and false alarms) for a few images."""
+    images = []
+    for _ in range(n_images):
+        n = int(rng.integers(1, 6))
+        xy = rng.uniform(0, 500, (n, 2))
+        gt = np.concatenate([xy, xy + rng.uniform(40, 120, (n, 2))], 1)
+        gt_cls = rng.integers(0, n_classes, n).astype(np.float32)
+        found = rng.random(n) < 0.8
+        det = gt[found] + rng.normal(0, 6, (found.sum(), 4))
+        det_cls = gt_cls[found]
+        k = int(rng.integers(0, 3))
+        false = rng.uniform(0, 560, (k, 2))
+        det = np.concatenate([det, np.concatenate([false, false + 50], 1)])
+        det_cls = np.concatenate([det_cls, rng.integers(0, n_classes, k).astype(np.float32)])
+        conf = rng.uniform(0.05, 1.0, len(det))
+        images.append((gt, gt_cls, np.concatenate([det, conf[:, None], det_cls[:, None]], 1).astype(np.float32)))
+    return images
+
+
+def _stats(images):
+    return [image_stats(torch.from_numpy(det), torch.tensor(gt, dtype=torch.float32), torch.from_numpy(gt_cls))
+            for gt, gt_cls, det in images]
+
+
+def _pycocotools_map(images) -> float:
+    img_list, anns, res = [], [], []
+    for i, (gt, gt_cls, det) in enumerate(images, start=1):
+        img_list.append({"id": i, "width": 640, "height": 640})
+        for b, c in zip(gt, gt_cls):
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c) + 1, "iscrowd": 0,
+                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": float((b[2] - b[0]) * (b[3] - b[1]))})
+        res += [{"image_id": i, "category_id": int(d[5]) + 1, "bbox": [d[0], d[1], d[2] - d[0], d[3] - d[1]],
+                 "score": float(d[4])} for d in det.tolist()]
     coco = COCO()
-    coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}
+    coco.dataset = {"images": img_list, "annotations": anns, "categories": [{"id": k} for k in (1, 2, 3)]}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-        dets = coco.loadRes([
-            {"image_id": 1, "category_id": 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)}
-            for b, s in zip(det, scores)
-        ])
-        e = COCOeval(coco, dets, "bbox")
+        e = COCOeval(coco, coco.loadRes(res), "bbox")
         e.evaluate()
         e.accumulate()
         e.summarize()
     return float(e.stats[0])
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_image_ap_matches_pycocotools_on_single_class_images(seed):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 6))
-    xy = rng.uniform(0, 500, (n, 2))
-    gt = np.concatenate([xy, xy + rng.uniform(40, 120, (n, 2))], 1)
-    # detections: jittered copies of some objects plus false alarms
-    keep = gt[rng.random(n) < 0.8]
-    jitter = keep + rng.normal(0, 8, keep.shape)
-    false = rng.uniform(0, 560, (int(rng.integers(0, 3)), 2))
-    det = np.concatenate([jitter, np.concatenate([false, false + 50], 1)]) if len(false) else jitter
-    if len(det) == 0:
-        det = gt[:1] + 200
-    scores = rng.uniform(0.1, 1.0, len(det))
-    order = np.argsort(-scores)
-    det, scores = det[order], scores[order]
-    tp = match_predictions(torch.tensor(det, dtype=torch.float32), torch.zeros(len(det)),
-                           torch.tensor(gt, dtype=torch.float32), torch.zeros(len(gt)))
-    ours = image_ap(tp, scores, len(gt))
-    assert ours == pytest.approx(_coco_single_image_ap(gt, det, scores), abs=1e-6)
+@pytest.mark.parametrize("seed", range(5))
+def test_dataset_map_matches_pycocotools(seed):
+    images = _scene(np.random.default_rng(seed), n_images=6)
+    assert dataset_map(_stats(images)) == pytest.approx(_pycocotools_map(images), abs=1e-6)
 
 
-def test_image_ap_edge_cases():
-    assert image_ap(np.zeros((0, 10), bool), np.zeros(0), 3) == 0.0  # objects, no detections
-    assert image_ap(np.zeros((0, 10), bool), np.zeros(0), 0) == 1.0  # empty image, silent route
-    conf = np.array([0.9, 0.5, EMPTY_IMAGE_CONF - 0.01])
-    assert image_ap(np.zeros((3, 10), bool), conf, 0) == pytest.approx(np.exp(-2))  # two confident false alarms
-    assert image_ap(np.ones((2, 10), bool), np.array([0.9, 0.8]), 2) == pytest.approx(1.0)
+def test_marginal_gains_value_suppressed_false_alarms_and_found_objects():
+    rng = np.random.default_rng(3)
+    images = _scene(rng, n_images=8)
+    base = _stats(images)
+    assert np.allclose(marginal_gains(base, base), 0)  # same answer, no gain
+    # a route that answers image 0 without its false alarms: its own AP is unchanged (they rank below its hits) ...
+    gt, gt_cls, det = images[0]
+    hits = image_stats(torch.from_numpy(det), torch.tensor(gt, dtype=torch.float32), torch.from_numpy(gt_cls))
+    keep = hits["tp"][:, 0]
+    clean = [dict(s) for s in base]
+    clean[0] = {k: (v[keep] if k != "target_cls" else v) for k, v in hits.items()}
+    # ... but the dataset's mAP rises, since those false alarms outranked other images' true objects
+    gains = marginal_gains(base, clean)
+    assert gains[0] > 0 and np.allclose(gains[1:], 0)
+    # a route that finds every object of image 1 exactly, with top confidence, gains too
+    perfect = [dict(s) for s in base]
+    gt1, cls1, _ = images[1]
+    perfect[1] = image_stats(torch.tensor(np.concatenate([gt1, np.ones((len(gt1), 1)), cls1[:, None]], 1),
+                                          dtype=torch.float32), torch.tensor(gt1, dtype=torch.float32),
+                             torch.from_numpy(cls1))
+    assert marginal_gains(base, perfect)[1] > 0
+    assert marginal_gains(base, perfect, chunk=4).shape == (8,)
 
 
 def test_gate_loss_charges_missed_offloads_rrb_times_more():

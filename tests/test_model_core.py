@@ -169,3 +169,21 @@ def test_part_nc_mismatch_is_reported(tmp_path):
     path = _save_plain_yolo(cloud, tmp_path / "cloud5.pt")
     with pytest.raises(ECCConfigError, match="nc: the edge predicts 80 classes and the cloud 5"):
         ECCModel({**tiny, "nc": None, "cloud": str(path)}, verbose=False)
+
+
+def test_tail_copy_starts_equal_and_is_its_own_part(images):
+    shared = ECCModel(CFG_DIR / "ecc-tiny-11.yaml", verbose=False).eval()
+    copied = ECCModel({**shared.spec.to_dict(), "tail": "copy"}, verbose=False).eval()
+    copied.load(shared, verbose=False)
+    with torch.no_grad():
+        assert torch.equal(_first(copied.adapted_forward(images)), _first(shared.adapted_forward(images)))
+        with_copy = copied.run_routes(images)
+        next(copied.adapted_cloud.model[-1].parameters()).add_(1.0)  # train the copy: the cloud route is unaffected
+        assert torch.equal(_first(copied.cloud_forward(images)), _first(with_copy["cloud"]))
+        assert not torch.equal(_first(copied.adapted_forward(images)), _first(with_copy["adapted"]))
+    copied.freeze(("edge", "cloud", "gate"))
+    assert all(p.requires_grad for p in copied.adapted_cloud.parameters())
+    assert copied.set_route("adapted").model is copied.adapted_cloud.model
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in copied.adapted_cloud.model[:11].modules())
+    with pytest.raises(ECCConfigError, match="tail: must be one of shared, copy"):
+        ECCModel({**shared.spec.to_dict(), "tail": "mirror"}, verbose=False)

@@ -141,8 +141,8 @@ def test_distillation_checkpoints_load_predict_validate_and_resume(synth_data, t
         for route in ("edge", "cloud", "adapted", "auto"):
             (result,) = ecc.predict(str(image), route=route, imgsz=96, verbose=False)
             assert result.route in ("edge", "adapted") if route == "auto" else result.route == route
-        metrics = ecc.val(data=str(synth_data), imgsz=96, batch=8, plots=False, project=str(tmp_path), name="v")
-        assert "metrics/edge_mAP50-95(B)" in metrics.ecc
+        summary = ecc.val(data=str(synth_data), imgsz=96, batch=8, plots=False, project=str(tmp_path), name="v")
+        assert summary["images"] == 24 and 0 <= summary["cloud_map"] <= 1
 
 
 def test_joint_pareto_weights_form_a_common_descent_direction(synth_data, tmp_path):
@@ -184,7 +184,8 @@ def test_tiny_zoo_pipeline_writes_checkpoint_and_manifest(tiny_zoo):
     assert stages == ["data", "heldout", "cloud", "edge", "adapt", "gate", "val"]
     assert all(c["command"].startswith("ecc-yolo ") for c in manifest["commands"])
     maps = manifest["heldout_map50_95"]
-    assert maps["cloud_mAP50-95"] > maps["edge_mAP50-95"]  # the cloud is the stronger detector
+    assert maps["cloud_map50_95"] > maps["edge_map50_95"]  # the cloud is the stronger detector
+    assert (tiny_zoo / "runs" / "heldout_val" / "map_vs_offload.png").is_file()
 
 
 @pytest.mark.slow

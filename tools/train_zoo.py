@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the synthetic model zoo end to end with ecc-yolo's own commands, and write its manifest.
 
-    python tools/train_zoo.py --device 0            # the shipped zoo: GPU, ~30 min on one H100
+    python tools/train_zoo.py --device 0 --install  # the shipped zoo: GPU, ~30 min on one H100
     python tools/train_zoo.py --tiny                # the same pipeline, tiny models on CPU, a few minutes
 
 Steps (each a real `ecc-yolo` command, recorded verbatim in the manifest):
@@ -10,7 +10,7 @@ Steps (each a real `ecc-yolo` command, recorded verbatim in the manifest):
     3. `ecc-yolo train stage=edge`: the edge detector (distilled from the trained cloud unless --no-distill);
     4. `ecc-yolo train stage=adapt`: knowledge adaptation of the adapters, edge and cloud frozen;
     5. `ecc-yolo train stage=gate`: the offload gate with recall-rate boosting;
-    6. `ecc-yolo val` of the result on the held-out split.
+    6. `ecc-yolo val` of the result on the held-out split (the benchmark: every route, every router).
 Outputs in --out: `<name>.pt` (the ECC checkpoint), `manifest.json` (sha256 of every file, generator version and
 seeds, commands, hardware, wall time per stage, per-part mAP50-95), and the runs/ and data/ folders.
 """
@@ -33,7 +33,7 @@ TRAIN_SEED, HELDOUT_SEED = 0, 12345
 PRESETS = {
     "full": {
         "name": "ecc-synth-n-s",
-        "cfg": "ecc-synth-n-s.yaml",
+        "cfg": "ecc-synth-yolo11n-s.yaml",
         "train": 3000,
         "val": 600,
         "heldout": 500,
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--device", default=None, help="cpu, or a GPU index such as 0")
     parser.add_argument("--no-distill", action="store_true", help="train the edge without distillation")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every stage's epochs")
+    parser.add_argument("--install", action="store_true",
+                        help="copy the checkpoint and manifest into ecc_yolo/assets/ (ships it with the package)")
     opt = parser.parse_args(argv)
 
     preset = PRESETS["tiny" if opt.tiny else "full"]
@@ -135,16 +137,14 @@ def main(argv: list[str] | None = None) -> Path:
     shutil.copyfile(model, final)
     val_name = "heldout_val"
     run(["val", f"model={final}", f"data={heldout / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
-         f"device={device}", f"project={runs}", f"name={val_name}", "exist_ok=True", "plots=False", "stage=gate"],
-        log, "val")
+         f"device={device}", f"project={runs}", f"name={val_name}", "exist_ok=True"], log, "val")
 
     from ecc_yolo.data.synthetic import GENERATOR_VERSION
-    from ecc_yolo.engine.model import ECC
 
-    metrics = ECC(str(final)).val(data=str(heldout / "data.yaml"), imgsz=imgsz, batch=batch, device=device,
-                                  plots=False, stage="gate", project=str(runs), name=f"{val_name}_api", exist_ok=True)
-    routes = {k.split("/")[1].replace("(B)", ""): round(float(v), 4) for k, v in metrics.ecc.items()
-              if k.startswith("metrics/") and "mAP" in k}
+    summary = json.loads((runs / val_name / "summary.json").read_text())
+    routes = {f"{r}_map50_95": round(summary[f"{r}_map"], 4) for r in ("edge", "adapted", "cloud")}
+    routes["per_difficulty"] = {level: {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+                                for level, d in summary["per_difficulty"].items()}
     manifest = {
         "name": preset["name"],
         "preset": "tiny" if opt.tiny else "full",
@@ -156,9 +156,17 @@ def main(argv: list[str] | None = None) -> Path:
         "hardware": hardware(device),
         "wall_seconds": {entry["stage"]: entry["seconds"] for entry in log},
         "heldout_map50_95": routes,
+        "heldout_benchmark": str(runs / val_name),
     }
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2))
+    if opt.install:
+        from ecc_yolo.zoo import ASSETS
+
+        ASSETS.mkdir(exist_ok=True)
+        shutil.copyfile(final, ASSETS / final.name)
+        shutil.copyfile(path, ASSETS / f"{preset['name']}.json")
+        print(f"installed {preset['name']} into {ASSETS}")
     print(f"\nzoo checkpoint: {final}\nmanifest: {path}\n" + json.dumps(routes, indent=2))
     return path
 

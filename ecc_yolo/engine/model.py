@@ -16,9 +16,10 @@ from typing import Any
 from ultralytics.engine.model import Model
 from ultralytics.utils import LOGGER
 
-from ecc_yolo.args import all_defaults, check_keys, ecc_defaults
+from ecc_yolo.args import all_defaults, check_keys, default_project, ecc_defaults
 from ecc_yolo.checkpoint import load_ecc, save_ecc
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo import zoo
 from ecc_yolo.spec import load_spec, resolve_cfg_path
 
 
@@ -43,10 +44,13 @@ class ECC(Model):
         self._part_overrides = {k: str(v) for k, v in (("edge", edge_model), ("cloud", cloud_model)) if v}
         name = str(model)
         if not name.endswith((".yaml", ".yml", ".pt")):
-            try:  # a shipped cfg named without its suffix
-                name = str(resolve_cfg_path(name))
-            except FileNotFoundError:
-                pass
+            if zoo.is_zoo_name(name):  # a trained model of the zoo, checked against its manifest
+                name = str(zoo.resolve(name))
+            else:
+                try:  # a shipped cfg named without its suffix
+                    name = str(resolve_cfg_path(name))
+                except FileNotFoundError:
+                    pass
         super().__init__(model=name, task="detect", verbose=verbose)
         self.overrides = {**ecc_defaults(), **self.overrides}
 
@@ -114,10 +118,35 @@ class ECC(Model):
         check_keys(kwargs)
         return super().train(trainer=trainer, **kwargs)
 
-    def val(self, validator=None, **kwargs: Any):
-        """Validate every route (edge, adapted, cloud) and the offload decision."""
-        check_keys(kwargs)
-        return super().val(validator=validator, **kwargs)
+    def val(self, validator=None, **kwargs: Any) -> dict[str, Any]:
+        """Benchmark every route and router on a dataset (see `ecc_yolo.eval.benchmark.evaluate`).
+
+        Runs the edge, the adapted route and the full cloud once on every image, then sweeps the offload ratio for
+        ECC_I, ECC_D, ECC_D+, the oracles and random routing. Writes curve.csv, summary.json, summary.md and plots
+        into project/name, and returns the summary (mAP values are mAP50-95 in 0..1).
+
+        Args:
+            validator: not used (the trainer's per-epoch validation is `ECCValidator`).
+            **kwargs: data (data YAML or COCO layout folder; required), imgsz, batch, device, plots, project, name,
+                exist_ok, and max_images (evaluate the first N images).
+        """
+        from ultralytics.cfg import get_save_dir
+
+        from ecc_yolo.args import get_args
+        from ecc_yolo.eval.benchmark import evaluate
+
+        max_images = kwargs.pop("max_images", None)
+        if "project" not in kwargs:
+            kwargs["project"] = default_project()
+        args = get_args({"imgsz": self.overrides.get("imgsz", 640), "batch": 8, "name": "val", **kwargs,
+                         "mode": "val"})
+        if not args.data:
+            raise ValueError("val needs data= (a data YAML or a COCO layout folder)")
+        out = get_save_dir(args)
+        imgsz = args.imgsz if isinstance(args.imgsz, int) else max(args.imgsz)
+        self.metrics = evaluate(self.model, args.data, out, imgsz=imgsz, batch=args.batch, device=args.device,
+                                max_images=max_images, plots=args.plots)
+        return self.metrics
 
 
 def format_costs(name: str, costs: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ class ECCPredictor(DetectionPredictor):
         offload = torch.from_numpy(offload_mask(scores, ecc.gate_threshold)).to(im.device)
         out = {"route": route, "edge": edge_out, "offload": offload, "gate": scores}
         if offload.any():
-            out["adapted"] = ecc.cloud_tail(ecc.adapt({k: v[offload] for k, v in feats.items()}))
+            out["adapted"] = ecc.adapted_tail(ecc.adapt({k: v[offload] for k, v in feats.items()}))
         return out
 
     def _nms(self, output: Any, end2end: bool) -> list[torch.Tensor]:

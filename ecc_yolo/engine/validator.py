@@ -8,8 +8,8 @@ the others are scored on the same matching. On top it reports the ECC_D system a
 by the edge.
 
 Extra metrics (results.csv, console): metrics/{edge,adapted,cloud}_mAP50(B), ..._mAP50-95(B),
-metrics/eccd_mAP50-95(B), metrics/offload_recall (share of the images that needed offloading, adapted per-image
-AP50-95 above the edge's by NEEDED_GAIN, that the deployed rule offloads: predicted gain > the model's
+metrics/eccd_mAP50-95(B), metrics/offload_recall (share of the images that needed offloading, gain from the adapted
+route above NEEDED_GAIN (`ecc_yolo.quality`), that the deployed rule offloads: predicted gain > the model's
 gate_threshold), metrics/offload_ratio (share that rule offloads) and metrics/feat (feature-matching loss).
 Fitness, which picks best.pt, is the stage's own metric: its route's, or ECC_D's for stage=gate/joint.
 """
@@ -30,9 +30,10 @@ from ecc_yolo.args import all_defaults, check_ecc_values, default_project, split
 from ecc_yolo.losses import STAGE_ROUTE
 from ecc_yolo.nn.ecc_model import ALL_ROUTES, DEFAULT_GAIN_THRESHOLD, ROUTES, ECCModel
 from ecc_yolo.policy import offload_mask, top_share_mask
-from ecc_yolo.quality import image_ap
+from ecc_yolo.quality import marginal_gains
 
-NEEDED_GAIN = DEFAULT_GAIN_THRESHOLD  # an image "needs" offloading when the adapted route beats the edge by this much
+NEEDED_GAIN = DEFAULT_GAIN_THRESHOLD  # an image "needs" offloading when its gain from the adapted route exceeds this
+GAIN_CHUNK = 64  # images per group when measuring gains (ecc_yolo.quality.marginal_gains): cheap enough per epoch
 
 
 def find_ecc(model: Any) -> ECCModel:
@@ -148,9 +149,8 @@ class ECCValidator(DetectionValidator):
         self.gate_scores_all = scores
         eccd50, eccd = self.routed_map(top_share_mask(scores, self.args.offload))
         stats["metrics/eccd_mAP50(B)"], stats["metrics/eccd_mAP50-95(B)"] = eccd50, eccd
-        quality = {r: np.array([image_ap(s["tp"], s["conf"], len(s["target_cls"])) for s in self.route_images[r]])
-                   for r in ("edge", "adapted")}
-        needed = quality["adapted"] - quality["edge"] > NEEDED_GAIN
+        gains = marginal_gains(self.route_images["edge"], self.route_images["adapted"], chunk=GAIN_CHUNK)
+        needed = gains > NEEDED_GAIN
         decided = offload_mask(scores, self.ecc.gate_threshold)  # the deployed rule: predicted gain > threshold
         stats["metrics/offload_recall"] = float(decided[needed].mean()) if needed.any() else 1.0
         stats["metrics/offload_ratio"] = float(decided.mean())

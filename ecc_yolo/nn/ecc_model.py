@@ -4,7 +4,9 @@ Routes (what can answer a frame):
     edge      the edge detector alone (on the device)
     cloud     the full cloud detector on the image (ECC_I: the device sends the JPEG)
     adapted   edge features -> adapters -> cloud tail (ECC_A/ECC_D: the device sends quantised features)
-and `cloud_tail(cuts)` runs the cloud from its entry layer on given cut tensors.
+`cloud_tail(cuts)` runs the cloud from its entry layer on given cut tensors; `adapted_tail(cuts)` is what the
+adapted route runs: the same tail, or with `tail: copy` in the cfg a trainable copy of it (the cloud itself stays
+untouched for ECC_I and as the teacher).
 
 `ECCModel` is a `DetectionModel` so that Ultralytics' trainer, validator, predictor, EMA and checkpoint code can
 hold it. The attribute those expect to be "the detector" (`.model`, whose last layer is the Detect head) is the
@@ -34,7 +36,7 @@ from ecc_yolo.spec import ECCConfigError, ECCSpec, PartSpec, check_geometry, loa
 
 ROUTES = ("edge", "cloud", "adapted")
 ALL_ROUTES = "all"  # pseudo-route used by validation: forward returns every route and the gate scores at once
-PARTS = ("edge", "cloud", "adapters", "gate")
+PARTS = ("edge", "cloud", "adapters", "gate", "adapted_cloud")  # adapted_cloud only with `tail: copy`
 DEFAULT_GAIN_THRESHOLD = 0.05  # offload a frame when the gate expects the cloud to raise its AP50-95 by more
 GEOMETRY_IMGSZ = 256  # probe size for strides/channels; any multiple of the max stride gives the same answer
 
@@ -52,6 +54,14 @@ def build_part(part: PartSpec, ch: int, nc: int | None, verbose: bool) -> Detect
         model.load(weights, verbose=verbose)
         return model
     return DetectionModel(_with_nc(part.yaml, nc), ch=ch, verbose=verbose)
+
+
+def tail_copy(cloud: DetectionModel, entry: int) -> DetectionModel:
+    """A copy of the cloud whose layers before `entry` are dropped (never run): the adapted route's own tail."""
+    copy = deepcopy(cloud)
+    for i in range(entry):
+        copy.model[i] = nn.Identity()
+    return copy
 
 
 def _with_nc(yaml: dict, nc: int | None) -> dict:
@@ -101,6 +111,7 @@ class ECCModel(DetectionModel):
         )
         self.cut_strides = {j: cloud_geometry[j].stride for j in self.cut}
         self.gate_layers = list(spec.gate.layers or self.edge.model[-1].f)
+        self.adapted_cloud = tail_copy(self.cloud, spec.entry) if spec.tail == "copy" else None
         self.gate = OffloadGate([edge_geometry[j].channels for j in self.gate_layers], spec.gate.hidden)
 
         self.yaml = {**self.spec.to_dict(), "channels": ch, "nc": edge_nc}
@@ -121,17 +132,27 @@ class ECCModel(DetectionModel):
     @property
     def model(self) -> nn.Sequential:
         """Layers of the active route's detector (its last layer is the Detect head whose output we return)."""
-        return (self.edge if self.route == "edge" else self.cloud).model
+        return self._active_detector().model
 
     @property
     def save(self) -> list[int]:
         """Saved-output indices of the active detector."""
-        return (self.edge if self.route == "edge" else self.cloud).save
+        return self._active_detector().save
+
+    def _active_detector(self) -> DetectionModel:
+        if self.route == "edge":
+            return self.edge
+        if self.route == "adapted" and self.adapted_cloud is not None:
+            return self.adapted_cloud
+        return self.cloud
 
     @property
     def parts(self) -> dict[str, DetectionModel]:
-        """The two detectors by name."""
-        return {"edge": self.edge, "cloud": self.cloud}
+        """The detectors by name (edge, cloud, and the adapted route's tail copy when there is one)."""
+        detectors = {"edge": self.edge, "cloud": self.cloud}
+        if self.adapted_cloud is not None:
+            detectors["adapted_cloud"] = self.adapted_cloud
+        return detectors
 
     def set_route(self, route: str) -> ECCModel:
         """Choose what `forward(img)` runs (a route, or ALL_ROUTES for a dict of every route and the gate)."""
@@ -162,14 +183,16 @@ class ECCModel(DetectionModel):
             raise ValueError(f"unknown parts {sorted(unknown)}; valid: {PARTS}")
         self.frozen = tuple(parts)
         for name in PARTS:
-            getattr(self, name).requires_grad_(name not in parts)
+            if getattr(self, name) is not None:
+                getattr(self, name).requires_grad_(name not in parts)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> ECCModel:
         """Set train/eval mode; frozen parts stay in eval mode (their BatchNorm statistics must not move)."""
         super().train(mode)
         for name in getattr(self, "frozen", ()):
-            getattr(self, name).eval()
+            if getattr(self, name, None) is not None:
+                getattr(self, name).eval()
         return self
 
     @torch.no_grad()
@@ -222,6 +245,11 @@ class ECCModel(DetectionModel):
         """Cloud layers from the entry on, fed with cut tensors (keyed by cloud layer index)."""
         return execute(self.cloud, cuts, start=self.spec.entry)[0]
 
+    def adapted_tail(self, cuts: dict[int, torch.Tensor]) -> Any:
+        """The tail the adapted route runs on adapted cut tensors: the cloud's own, or its copy (`tail: copy`)."""
+        tail = self.adapted_cloud if self.adapted_cloud is not None else self.cloud
+        return execute(tail, cuts, start=self.spec.entry)[0]
+
     def cloud_forward(self, img: torch.Tensor) -> Any:
         """The full cloud detector on the image."""
         return execute(self.cloud, {IMAGE: img})[0]
@@ -240,7 +268,7 @@ class ECCModel(DetectionModel):
 
     def adapted_forward(self, img: torch.Tensor) -> Any:
         """The adapted route on an image."""
-        return self.cloud_tail(self.adapt(self.edge_features(img)))
+        return self.adapted_tail(self.adapt(self.edge_features(img)))
 
     def gate_scores(self, feats: dict[int, torch.Tensor], edge_output: Any) -> torch.Tensor:
         """Predicted per-image gain of each offload route (B, 2), from edge features and the edge's output."""
@@ -276,7 +304,7 @@ class ECCModel(DetectionModel):
             feats = self.edge_features(img)
         if "adapted" in routes:
             adapted_cuts = self.adapt(feats)
-            out["adapted"] = self.cloud_tail(adapted_cuts)
+            out["adapted"] = self.adapted_tail(adapted_cuts)
         if "cloud" in routes:
             cloud_cuts = self.cloud_cuts(img)
             out["cloud"] = self.cloud_tail(cloud_cuts)  # identical to cloud_forward (tested), and gives the cuts
@@ -326,11 +354,25 @@ class ECCModel(DetectionModel):
             img: (B, 3, H, W) network input.
             image_shape: (h, w) of the original frames before letterboxing.
         """
-        latents = self.encode(self.edge_features(img))
+        return self.payloads_from_features(self.edge_features(img), image_shape, tuple(img.shape[2:]))
+
+    def payloads_from_features(
+        self,
+        feats: dict[int, torch.Tensor],
+        image_shape: tuple[int, int],
+        input_shape: tuple[int, int],
+        fingerprint: bytes | None = None,
+    ) -> list[FeaturePayload]:
+        """Device side: quantise the adapters' latents of already computed edge features into payloads.
+
+        `fingerprint` (this model's, see `fingerprint()`) can be passed by callers that make many payloads, since
+        computing it hashes every weight.
+        """
+        latents = self.encode(feats)
         quantized = {k: self.adapters[str(k)].quantize(z) for k, z in latents.items()}
-        fingerprint = self.fingerprint()
+        fingerprint = fingerprint or self.fingerprint()
         payloads = []
-        for i in range(img.shape[0]):
+        for i in range(next(iter(latents.values())).shape[0]):
             tensors = tuple(
                 QuantizedTensor(
                     layer=k,
@@ -341,7 +383,7 @@ class ECCModel(DetectionModel):
                 )
                 for k, (codes, scale, offset) in sorted(quantized.items())
             )
-            payloads.append(FeaturePayload(fingerprint, tuple(image_shape), tuple(img.shape[2:]), tensors))
+            payloads.append(FeaturePayload(fingerprint, tuple(image_shape), tuple(input_shape), tensors))
         return payloads
 
     def received_latents(self, payloads: list[FeaturePayload]) -> dict[int, torch.Tensor]:
@@ -402,6 +444,9 @@ class ECCModel(DetectionModel):
             raise TypeError(f"expected ECC weights, got {type(model).__name__}")
         csd = intersect_dicts(model.float().state_dict(), self.state_dict())
         self.load_state_dict(csd, strict=False)
+        if self.adapted_cloud is not None and getattr(model, "adapted_cloud", None) is None:
+            # weights from a model without a tail copy: the copy starts as the loaded cloud's tail
+            self.adapted_cloud.load_state_dict(self.cloud.state_dict(), strict=False)
         if verbose:
             LOGGER.info(f"Transferred {len(csd)}/{len(self.state_dict())} items from pretrained ECC weights")
 

@@ -1,0 +1,135 @@
+"""The ECC benchmark: every route once, then every router's mAP-versus-offload curve, against the oracle.
+
+    from ecc_yolo.eval.benchmark import evaluate
+    summary = evaluate(model, "datasets/synth/data.yaml", "runs/ecc/val", imgsz=256)
+
+Writes into the run folder: cache.npz/cache.json (the models' outputs; a second evaluation of the same model,
+data and size reuses them and only re-sweeps), curve.csv, summary.json, summary.md and the PNG plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ultralytics.utils import LOGGER
+from ultralytics.utils.torch_utils import select_device
+
+from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
+from ecc_yolo.eval.coco_eval import RouteMixEvaluator
+from ecc_yolo.eval.dataset import load_dataset
+from ecc_yolo.eval.report import plot_all, write_curve_csv, write_summary
+from ecc_yolo.eval.routers import RATIOS, RouterSweep, auc, first_reaching
+from ecc_yolo.nn.ecc_model import ECCModel
+
+GOAL_OFFLOAD = 0.5  # ECC_D / ECC_D+ should reach the target at an offload ratio <= this
+GOAL_AUC = 0.90  # ... with an area under the curve >= this share of the oracle's
+GOAL_ADAPTED_GFLOPS = 0.60  # the adapted route should cost <= this share of the cloud's GFLOPs ...
+GOAL_ADAPTED_MAP = 0.95  # ... with >= this share of the cloud's mAP50-95
+GOAL_BYTES = 0.40  # mean bytes per frame <= this share of sending every frame's JPEG
+
+
+def evaluate(
+    model: ECCModel,
+    data: str | Path,
+    out: str | Path,
+    imgsz: int = 640,
+    batch: int = 8,
+    device: str = "",
+    max_images: int | None = None,
+    target: float = 0.99,
+    seeds: int = 5,
+    plots: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate an ECC model on a data YAML or COCO layout; returns the summary (also written to `out`).
+
+    Args:
+        model: the ECC model.
+        data: Ultralytics data YAML (its val split) or a COCO layout folder (val2017/ + annotations/).
+        out: run folder.
+        imgsz: square network input size (pixels).
+        batch: images per forward pass.
+        device: Ultralytics device string ("", "cpu", "0").
+        max_images: evaluate the first N images only.
+        target: share of the cloud's mAP50-95 a router must reach (`*_offload_at_99pct_cloud` for 0.99).
+        seeds: random orders averaged for the random routers.
+        plots: write the PNG plots.
+        progress: show progress bars.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(data, model.names, max_images)
+    cache = load_cached(out, cache_meta(model, dataset, imgsz))
+    if cache is None:
+        cache = run_routes(model, dataset, imgsz, batch, select_device(device, verbose=False), progress)
+        cache.save(out)
+    else:
+        LOGGER.info(f"Reusing the cached model outputs in {out} (same model, data and imgsz)")
+    LOGGER.info("Sweeping routers over offload ratios (pycocotools mAP)...")
+    evaluator = RouteMixEvaluator(dataset, cache.detections)
+    sweep = RouterSweep(cache, evaluator, seeds=seeds)
+    curves = sweep.all_curves(RATIOS)
+    summary = summarise(curves, cache, evaluator, dataset, target)
+    summary.update({"model": model.spec.name, "data": str(data), "imgsz": imgsz})
+    write_curve_csv(curves, out / "curve.csv")
+    write_summary(summary, out)
+    if plots:
+        plot_all(curves, summary, out)
+    LOGGER.info(f"Benchmark written to {out}")
+    return summary
+
+
+def summarise(curves: dict, cache, evaluator: RouteMixEvaluator, dataset, target: float) -> dict[str, Any]:
+    """The headline numbers and the goals (see the module constants)."""
+    route = {name: evaluator.route_map(name) for name in ("edge", "adapted", "cloud")}
+    cloud = route["cloud"][0]
+    mean_jpeg = float(np.mean(cache.jpeg_bytes))
+    summary: dict[str, Any] = {"images": len(dataset)}
+    for name, (ap, ap50) in route.items():
+        summary[f"{name}_map"], summary[f"{name}_map50"] = ap, ap50
+    summary["adapted_gflops_ratio"] = cache.costs["adapted_gflops_ratio"]
+    summary["mean_jpeg_bytes"] = mean_jpeg
+    summary["mean_feature_bytes"] = float(np.mean(cache.feature_bytes))
+    summary["target"] = target
+    for key, router, oracle in (("ecc_d", "ECC_D", "oracle_D"), ("ecc_d_plus", "ECC_D+", "oracle_D+"),
+                                ("ecc_i", "ECC_I", "oracle_I")):
+        points = curves[router]
+        reached = first_reaching(points, target * cloud)
+        operating = reached or max(points, key=lambda p: p.map)
+        summary[f"{key}_auc_vs_oracle"] = auc(points) / max(auc(curves[oracle]), 1e-12)
+        summary[f"{key}_offload_at_99pct_cloud"] = reached.ratio if reached else None
+        summary[f"{key}_bytes_ratio"] = operating.bytes / mean_jpeg
+        summary[f"{key}_operating_point"] = operating.row()
+    summary["random_d_auc_vs_oracle"] = auc(curves["random_D"]) / max(auc(curves["oracle_D"]), 1e-12)
+    summary["oracle_never_below"] = all(
+        curves[oracle][i].map >= curves[router][i].map - 1e-9
+        for router, oracle in (("ECC_D", "oracle_D"), ("ECC_I", "oracle_I"), ("ECC_D+", "oracle_D+"),
+                               ("random_D", "oracle_D"), ("random_I", "oracle_I"))
+        for i in range(len(curves[router]))
+    )
+    summary["per_difficulty"] = per_difficulty(evaluator, dataset)
+    adapted_ok = summary["adapted_gflops_ratio"] <= GOAL_ADAPTED_GFLOPS and route["adapted"][0] >= GOAL_ADAPTED_MAP * cloud
+    summary["goals"] = {}
+    for key, name in (("ecc_d", "ECC_D"), ("ecc_d_plus", "ECC_D+")):
+        ratio = summary[f"{key}_offload_at_99pct_cloud"]
+        summary["goals"].update({
+            f"{name}: {target:.0%} of cloud mAP at offload <= {GOAL_OFFLOAD}": ratio is not None and ratio <= GOAL_OFFLOAD,
+            f"{name}: AUC >= {GOAL_AUC:.0%} of oracle": summary[f"{key}_auc_vs_oracle"] >= GOAL_AUC,
+            f"{name}: bytes/frame <= {GOAL_BYTES:.0%} of JPEG": summary[f"{key}_bytes_ratio"] <= GOAL_BYTES,
+        })
+    summary["goals"][f"adapted route: <= {GOAL_ADAPTED_GFLOPS:.0%} cloud GFLOPs with >= {GOAL_ADAPTED_MAP:.0%} "
+                     "cloud mAP"] = adapted_ok
+    return summary
+
+
+def per_difficulty(evaluator: RouteMixEvaluator, dataset) -> dict[str, dict[str, float]]:
+    """mAP50-95 of each route on the images of each difficulty (when the data records difficulty)."""
+    levels = [d for d in dict.fromkeys(dataset.difficulty) if d]
+    out = {}
+    for level in levels:
+        mask = np.array([d == level for d in dataset.difficulty])
+        out[level] = {"images": int(mask.sum()),
+                      **{r: evaluator.route_map(r, mask)[0] for r in ("edge", "adapted", "cloud")}}
+    return out

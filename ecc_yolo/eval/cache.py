@@ -1,0 +1,133 @@
+"""Run every route of an ECC model once over an evaluation dataset and keep what evaluation needs.
+
+Per image: the detections of the edge, the adapted route and the full cloud (in original image pixels), the gate's
+predicted gains, and the exact sizes of the two payloads the device could send (the feature payload, encoded with
+the real codec, and the letterboxed frame's JPEG at quality 90). Saved to `cache.npz` + `cache.json` in the run
+folder; sweeping routers and thresholds afterwards reads only the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from ultralytics.data.augment import LetterBox
+from ultralytics.utils import TQDM, nms, ops
+
+from ecc_yolo.codec import encode_features, encode_jpeg
+from ecc_yolo.costs import JPEG_QUALITY, ecc_costs
+from ecc_yolo.eval.dataset import EvalDataset
+from ecc_yolo.nn.ecc_model import ROUTES, ECCModel
+
+EVAL_NMS = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}  # Ultralytics' validation settings
+CACHE_VERSION = 1
+
+
+@dataclass
+class RouteCache:
+    """Per-image outputs of every route, and the model's costs.
+
+    Attributes:
+        detections: route -> list (one per image) of (N, 6) float32 [x1, y1, x2, y2, conf, cls] in image pixels.
+        gate: (I, 2) predicted gains (adapted, cloud).
+        feature_bytes: (I,) size of each image's feature payload.
+        jpeg_bytes: (I,) size of each image's letterboxed JPEG.
+        costs: `ecc_costs` of the model at the evaluation size.
+        meta: model fingerprint, dataset fingerprint, imgsz, NMS settings.
+    """
+
+    detections: dict[str, list[np.ndarray]]
+    gate: np.ndarray
+    feature_bytes: np.ndarray
+    jpeg_bytes: np.ndarray
+    costs: dict[str, Any]
+    meta: dict[str, Any]
+
+    def save(self, folder: Path) -> None:
+        """Write cache.npz and cache.json into `folder`."""
+        arrays = {"gate": self.gate, "feature_bytes": self.feature_bytes, "jpeg_bytes": self.jpeg_bytes}
+        for route, dets in self.detections.items():
+            arrays[f"{route}_counts"] = np.array([len(d) for d in dets], dtype=np.int64)
+            arrays[f"{route}_dets"] = np.concatenate(dets) if dets else np.zeros((0, 6), np.float32)
+        np.savez_compressed(folder / "cache.npz", **arrays)
+        (folder / "cache.json").write_text(json.dumps({"costs": self.costs, "meta": self.meta}, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> RouteCache:
+        """Read a cache written by `save`."""
+        info = json.loads((folder / "cache.json").read_text())
+        with np.load(folder / "cache.npz") as z:
+            detections = {}
+            for route in ROUTES:
+                counts, dets = z[f"{route}_counts"], z[f"{route}_dets"]
+                detections[route] = np.split(dets, np.cumsum(counts)[:-1]) if len(counts) else []
+            return cls(detections, z["gate"], z["feature_bytes"], z["jpeg_bytes"], info["costs"], info["meta"])
+
+
+def cache_meta(model: ECCModel, dataset: EvalDataset, imgsz: int) -> dict[str, Any]:
+    """What a cache must match to be reused."""
+    return {
+        "version": CACHE_VERSION,
+        "model": model.fingerprint().hex(),
+        "dataset": dataset.fingerprint(),
+        "images": len(dataset),
+        "imgsz": imgsz,
+        "nms": EVAL_NMS,
+    }
+
+
+def load_cached(folder: Path, meta: dict[str, Any]) -> RouteCache | None:
+    """The cache in `folder` if it was made for exactly this model, dataset and settings."""
+    if not (folder / "cache.json").is_file() or not (folder / "cache.npz").is_file():
+        return None
+    try:
+        cache = RouteCache.load(folder)
+    except (OSError, ValueError, KeyError):
+        return None
+    return cache if cache.meta == meta else None
+
+
+@torch.no_grad()
+def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, device: torch.device,
+               progress: bool = True) -> RouteCache:
+    """Run every route over the dataset once (see the module docstring)."""
+    model = model.to(device).eval()
+    fingerprint = model.fingerprint()
+    letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
+    end2end = {"edge": model.edge.end2end, "adapted": model.cloud.end2end, "cloud": model.cloud.end2end}
+    keep = tuple({*model.adapter_sources, *model.gate_layers})
+    detections: dict[str, list[np.ndarray]] = {r: [] for r in ROUTES}
+    gate, feature_bytes, jpeg_bytes = [], [], []
+    starts = range(0, len(dataset), batch)
+    bar = TQDM(starts, total=len(starts), desc="running edge, adapted and cloud routes") if progress else starts
+    for start in bar:
+        files = dataset.files[start : start + batch]
+        originals = [cv2.imread(str(f)) for f in files]
+        frames = [letterbox(image=im) for im in originals]
+        x = torch.from_numpy(np.stack([f[..., ::-1].transpose(2, 0, 1) for f in frames]).copy()).to(device)
+        x = x.float() / 255
+        edge_out, feats = model.edge_forward(x, keep=keep)
+        outputs = {"edge": edge_out, "adapted": model.adapted_tail(model.adapt(feats)), "cloud": model.cloud_forward(x)}
+        gate.append(model.gate_scores(feats, edge_out).float().cpu().numpy())
+        payloads = model.payloads_from_features(feats, (0, 0), (imgsz, imgsz), fingerprint)
+        for route, out in outputs.items():
+            for det, im in zip(nms.non_max_suppression(out, **EVAL_NMS, end2end=end2end[route]), originals):
+                det = det.clone()
+                det[:, :4] = ops.scale_boxes((imgsz, imgsz), det[:, :4], im.shape[:2])
+                detections[route].append(det.float().cpu().numpy())
+        for payload, frame, im in zip(payloads, frames, originals):
+            feature_bytes.append(len(encode_features(replace(payload, image_shape=tuple(im.shape[:2])))))
+            jpeg_bytes.append(len(encode_jpeg(frame, JPEG_QUALITY)))
+    return RouteCache(
+        detections=detections,
+        gate=np.concatenate(gate) if gate else np.zeros((0, 2), np.float32),
+        feature_bytes=np.array(feature_bytes, dtype=np.int64),
+        jpeg_bytes=np.array(jpeg_bytes, dtype=np.int64),
+        costs=ecc_costs(model, imgsz),
+        meta=cache_meta(model, dataset, imgsz),
+    )

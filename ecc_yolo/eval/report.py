@@ -1,0 +1,141 @@
+"""Benchmark outputs: curve.csv, summary.json, summary.md and PNG plots in one run folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecc_yolo.eval.routers import CurvePoint
+
+STYLE = {  # router -> (colour, line style, label)
+    "ECC_D": ("tab:blue", "-", "ECC_D (gate, adapted features)"),
+    "ECC_D+": ("tab:purple", "-", "ECC_D+ (gate, features or JPEG)"),
+    "ECC_I": ("tab:orange", "-", "ECC_I (gate, JPEG to full cloud)"),
+    "oracle_D": ("tab:blue", ":", "oracle (adapted)"),
+    "oracle_D+": ("tab:purple", ":", "oracle (three-way)"),
+    "oracle_I": ("tab:orange", ":", "oracle (full cloud)"),
+    "random_D": ("tab:blue", "--", "random (adapted)"),
+    "random_I": ("tab:orange", "--", "random (full cloud)"),
+}
+
+
+def write_curve_csv(curves: dict[str, list[CurvePoint]], path: Path) -> None:
+    """Every point of every router, one row each."""
+    rows = [p.row() for points in curves.values() for p in points]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_summary(summary: dict[str, Any], folder: Path) -> None:
+    """summary.json and a markdown table (summary.md)."""
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    (folder / "summary.md").write_text(markdown(summary))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "never"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The summary as markdown tables."""
+    lines = [
+        f"Images: {summary['images']} ({summary['data']}), imgsz {summary['imgsz']}",
+        "",
+        "| route | mAP50-95 | mAP50 |",
+        "|---|---|---|",
+    ]
+    for route in ("edge", "adapted", "cloud"):
+        lines.append(f"| {route} | {summary[f'{route}_map']:.3f} | {summary[f'{route}_map50']:.3f} |")
+    lines += ["", f"Adapted route in the cloud: {summary['adapted_gflops_ratio']:.3f} of the full cloud's GFLOPs.", ""]
+    lines += ["| router | AUC / oracle | offload at 99% of cloud | bytes / JPEG at operating point "
+              "| device GFLOPs | cloud GFLOPs |", "|---|---|---|---|---|---|"]
+    for name, key in (("ECC_D", "ecc_d"), ("ECC_D+", "ecc_d_plus"), ("ECC_I", "ecc_i")):
+        op = summary[f"{key}_operating_point"]
+        lines.append(
+            f"| {name} | {_fmt(summary[f'{key}_auc_vs_oracle'])} | {_fmt(summary[f'{key}_offload_at_99pct_cloud'])} "
+            f"| {_fmt(summary[f'{key}_bytes_ratio'])} | {op['device_gflops']:.2f} | {op['cloud_gflops']:.2f} |"
+        )
+    if summary.get("per_difficulty"):
+        lines += ["", "| difficulty | images | edge | adapted | cloud |", "|---|---|---|---|---|"]
+        for level, v in summary["per_difficulty"].items():
+            lines.append(f"| {level} | {v['images']} | {v['edge']:.3f} | {v['adapted']:.3f} | {v['cloud']:.3f} |")
+    lines += ["", "| goal | met |", "|---|---|"]
+    lines += [f"| {goal} | {_fmt(met)} |" for goal, met in summary["goals"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-dominated (cost, mAP) points: no other point is cheaper and at least as accurate."""
+    front, best = [], -np.inf
+    for cost, value in sorted(points, key=lambda p: (p[0], -p[1])):
+        if value > best:
+            front.append((cost, value))
+            best = value
+    return front
+
+
+def plot_all(curves: dict[str, list[CurvePoint]], summary: dict[str, Any], folder: Path) -> list[Path]:
+    """mAP vs offload ratio, vs cloud GFLOPs, vs KB sent, and the Pareto frontier; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    edge, cloud = summary["edge_map"], summary["cloud_map"]
+    paths = []
+    for x_key, x_label, name in (
+        ("ratio", "offload ratio", "map_vs_offload.png"),
+        ("cloud_gflops", "mean cloud GFLOPs per frame", "map_vs_gflops.png"),
+        ("bytes", "mean KB sent per frame", "map_vs_kb.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+        for router, (colour, style, label) in STYLE.items():
+            pts = curves[router]
+            x = [getattr(p, x_key) / (1000 if x_key == "bytes" else 1) for p in pts]
+            ax.plot(x, [p.map for p in pts], style, color=colour, label=label, linewidth=1.6)
+        ax.axhline(edge, color="grey", linewidth=1, label=f"edge only ({edge:.3f})")
+        ax.axhline(cloud, color="black", linewidth=1, label=f"cloud only ({cloud:.3f})")
+        ax.axhline(0.99 * cloud, color="black", linewidth=0.8, linestyle=":", label="99% of cloud")
+        a = curves["ECC_A"][0]
+        ax.plot([getattr(a, x_key) / (1000 if x_key == "bytes" else 1)], [a.map], "s", color="tab:green",
+                label=f"ECC_A ({a.map:.3f})")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("mAP50-95")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"{summary['model']} on {summary['images']} images")
+        fig.tight_layout()
+        fig.savefig(folder / name)
+        plt.close(fig)
+        paths.append(folder / name)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=120)
+    configs = [p for router, pts in curves.items() if not router.startswith(("oracle", "random")) for p in pts]
+    for ax, (key, label, scale) in zip(axes, (("cloud_gflops", "mean cloud GFLOPs per frame", 1),
+                                              ("bytes", "mean KB sent per frame", 1000))):
+        ax.scatter([getattr(p, key) / scale for p in configs], [p.map for p in configs], s=12, color="tab:grey",
+                   label="evaluated configurations")
+        front = pareto_front([(getattr(p, key) / scale, p.map) for p in configs])
+        ax.plot(*zip(*front), "-o", color="tab:red", markersize=4, label="Pareto frontier")
+        ax.set_xlabel(label)
+        ax.set_ylabel("mAP50-95")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Performance vs computation and communication (ECC_I, ECC_A, ECC_D, ECC_D+, edge, cloud)")
+    fig.tight_layout()
+    fig.savefig(folder / "pareto.png")
+    plt.close(fig)
+    paths.append(folder / "pareto.png")
+    return paths

@@ -1,0 +1,270 @@
+"""Evaluation: the pycocotools mAP path, route mixes, router sweeps and the benchmark script."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import CFG_DIR, REPO
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ecc_yolo.eval.cache import RouteCache
+from ecc_yolo.eval.coco_eval import RouteMixEvaluator
+from ecc_yolo.eval.dataset import DatasetError, EvalDataset, from_coco_json, load_dataset, map_categories
+from ecc_yolo.eval.routers import RouterSweep, auc
+
+NAMES = {0: "cat", 1: "dog", 2: "bird"}
+CAT_IDS = {0: 17, 1: 18, 2: 90}  # non-contiguous, as in COCO's 91-id map
+
+
+def _coco_dataset(tmp_path, n_images=6, seed=0, crowd=True):
+    """A hand-built COCO json: crowd boxes, an empty image, non-contiguous category ids; images on disk."""
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for i in range(n_images):
+        image_id = 100 + 7 * i  # arbitrary, non-contiguous image ids
+        cv2.imwrite(str(tmp_path / "images" / f"{image_id}.jpg"), np.zeros((200, 300, 3), np.uint8))
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 300, "height": 200})
+        if i == 1:
+            continue  # an image without objects
+        for _ in range(int(rng.integers(1, 5))):
+            x, y = rng.uniform(0, 200), rng.uniform(0, 120)
+            w, h = rng.uniform(20, 90), rng.uniform(20, 70)
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": CAT_IDS[int(rng.integers(3))],
+                         "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+        if crowd and i == 2:
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 17, "bbox": [0, 0, 120, 80],
+                         "area": 9600.0, "iscrowd": 1})
+    coco = {"images": images, "annotations": anns,
+            "categories": [{"id": CAT_IDS[k], "name": v} for k, v in NAMES.items()]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(coco))
+    return from_coco_json(tmp_path / "images", path, NAMES)
+
+
+def _detections(dataset: EvalDataset, seed: int, noise: float, miss: float, false: int) -> list[np.ndarray]:
+    """Per-image detections derived from the ground truth: jittered, some missed, some false alarms."""
+    rng = np.random.default_rng(seed)
+    cat_to_class = {c: k for k, c in dataset.class_to_cat.items()}
+    out = []
+    for image_id in dataset.image_ids:
+        rows = []
+        for a in dataset.coco["annotations"]:
+            if a["image_id"] != image_id or a.get("iscrowd") or rng.random() < miss:
+                continue
+            x, y, w, h = np.array(a["bbox"]) + rng.normal(0, noise, 4)
+            rows.append([x, y, x + w, y + h, rng.uniform(0.3, 1.0), cat_to_class[a["category_id"]]])
+        for _ in range(false):
+            x, y = rng.uniform(0, 250, 2)
+            rows.append([x, y, x + 40, y + 40, rng.uniform(0.0, 0.6), int(rng.integers(3))])
+        out.append(np.array(rows, dtype=np.float32).reshape(-1, 6))
+    return out
+
+
+def _pycocotools_map(dataset: EvalDataset, detections: list[np.ndarray], image_ids=None) -> float:
+    """Reference: pycocotools' own loadRes + evaluate + accumulate + summarize."""
+    gt = COCO()
+    gt.dataset = dataset.coco
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        res = [{"image_id": i, "category_id": dataset.class_to_cat[int(d[5])],
+                "bbox": [float(d[0]), float(d[1]), float(d[2] - d[0]), float(d[3] - d[1])], "score": float(d[4])}
+               for i, det in zip(dataset.image_ids, detections) for d in det]
+        e = COCOeval(gt, gt.loadRes(res), "bbox")
+        e.params.imgIds = list(image_ids if image_ids is not None else dataset.image_ids)
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    return float(e.stats[0])
+
+
+def test_route_mixes_equal_pycocotools_on_the_mixed_detections(tmp_path):
+    dataset = _coco_dataset(tmp_path)
+    routes = {"edge": _detections(dataset, 1, 12, 0.4, 2), "cloud": _detections(dataset, 2, 3, 0.1, 1),
+              "adapted": _detections(dataset, 3, 6, 0.2, 1)}
+    ev = RouteMixEvaluator(dataset, routes)
+    for name in routes:
+        assert ev.route_map(name)[0] == pytest.approx(_pycocotools_map(dataset, routes[name]), abs=1e-9)
+    assignment = np.array([0, 1, 2, 1, 0, 2])
+    mixed = [routes[ev.routes[a]][i] for i, a in enumerate(assignment)]
+    assert ev.map(assignment)[0] == pytest.approx(_pycocotools_map(dataset, mixed), abs=1e-9)
+    subset = np.array([True, False, True, True, False, True])
+    expected = _pycocotools_map(dataset, mixed, [i for i, s in zip(dataset.image_ids, subset) if s])
+    assert ev.map(assignment, subset)[0] == pytest.approx(expected, abs=1e-9)
+
+
+def test_map_agrees_with_ultralytics_validator_on_the_same_predictions(tmp_path):
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils.metrics import DetMetrics, box_iou
+
+    dataset = _coco_dataset(tmp_path, n_images=60, seed=5, crowd=False)
+    dets = _detections(dataset, 9, 2.5, 0.15, 2)
+    ours = RouteMixEvaluator(dataset, {"edge": dets}).route_map("edge")[0]
+
+    validator = DetectionValidator()
+    metrics = DetMetrics(names=NAMES)
+    cat_to_class = {c: k for k, c in dataset.class_to_cat.items()}
+    for image_id, det in zip(dataset.image_ids, dets):
+        anns = [a for a in dataset.coco["annotations"] if a["image_id"] == image_id]
+        gt = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                           for a in anns]).reshape(-1, 4)
+        gt_cls = torch.tensor([cat_to_class[a["category_id"]] for a in anns], dtype=torch.float32)
+        det = torch.from_numpy(det[np.argsort(-det[:, 4])])
+        tp = validator.match_predictions(det[:, 5], gt_cls, box_iou(gt, det[:, :4])).numpy() if len(gt) and len(det) \
+            else np.zeros((len(det), 10), bool)
+        metrics.update_stats({"tp": tp, "conf": det[:, 4].numpy(), "pred_cls": det[:, 5].numpy(),
+                              "target_cls": gt_cls.numpy(), "target_img": np.unique(gt_cls.numpy()),
+                              "im_name": str(image_id)})
+    metrics.process()
+    ultralytics_map = metrics.box.map
+    assert ours > 0.3  # a meaningful level, not two zeros agreeing
+    assert abs(ours - ultralytics_map) <= 0.01, (ours, ultralytics_map)
+
+
+def test_dataset_errors_are_clear(tmp_path):
+    dataset = _coco_dataset(tmp_path)
+    with pytest.raises(DatasetError, match="annotation file .* not found"):
+        from_coco_json(tmp_path / "images", tmp_path / "nope.json", NAMES)
+    (tmp_path / "empty").mkdir()
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": [], "annotations": [], "categories": dataset.coco["categories"]}))
+    with pytest.raises(DatasetError, match="no images"):
+        from_coco_json(tmp_path / "empty", empty, NAMES)
+    with pytest.raises(DatasetError, match="do not match the model"):
+        map_categories({0: "car", 1: "dog"}, dataset.coco["categories"])
+    with pytest.raises(DatasetError, match="neither a data YAML nor a COCO layout"):
+        load_dataset(tmp_path / "instances.json", NAMES)
+
+
+def _fake_cache(dataset, seed=0) -> RouteCache:
+    """A cached run without running a model: edge weak, adapted better, cloud best; gate scores correlate."""
+    routes = {"edge": _detections(dataset, seed, 14, 0.5, 3), "cloud": _detections(dataset, seed + 1, 2, 0.05, 0),
+              "adapted": _detections(dataset, seed + 2, 5, 0.2, 1)}
+    n = len(dataset)
+    rng = np.random.default_rng(seed)
+    costs = {"edge_gflops": 1.0, "gate_gflops": 0.001, "adapter_encoder_gflops": 0.01, "adapted_cloud_gflops": 3.0,
+             "cloud_gflops": 6.0, "adapted_gflops_ratio": 0.5}
+    return RouteCache(routes, rng.normal(size=(n, 2)), np.full(n, 2000), np.full(n, 10000), costs, {})
+
+
+def test_router_sweep_endpoints_costs_and_oracle(tmp_path):
+    dataset = _coco_dataset(tmp_path, n_images=40, seed=3)
+    cache = _fake_cache(dataset)
+    ev = RouteMixEvaluator(dataset, cache.detections)
+    curves = RouterSweep(cache, ev, seeds=3).all_curves(np.round(np.linspace(0, 1, 11), 3))
+    edge, cloud, adapted = (ev.route_map(r)[0] for r in ("edge", "cloud", "adapted"))
+    for router in ("ECC_D", "ECC_I", "ECC_D+", "oracle_D", "random_D"):
+        assert curves[router][0].map == pytest.approx(edge)  # offload ratio 0 = edge only
+        assert curves[router][0].bytes == 0 and curves[router][0].cloud_gflops == 0
+    assert curves["ECC_I"][-1].map == pytest.approx(cloud)  # ratio 1 with ECC_I = the cloud
+    assert curves["ECC_D"][-1].map == pytest.approx(adapted) == pytest.approx(curves["ECC_A"][0].map)
+    last = curves["ECC_D"][-1]
+    assert last.bytes == 2000 and last.cloud_gflops == pytest.approx(3.0) and last.device_gflops == pytest.approx(1.011)
+    assert curves["ECC_I"][-1].bytes == 10000 and curves["ECC_I"][-1].cloud_gflops == pytest.approx(6.0)
+    for router, oracle in (("ECC_D", "oracle_D"), ("ECC_I", "oracle_I"), ("random_D", "oracle_D")):
+        assert all(o.map >= r.map - 1e-9 for o, r in zip(curves[oracle], curves[router]))
+    assert auc(curves["oracle_D"]) > auc(curves["random_D"])
+
+
+@pytest.fixture(scope="module")
+def coco_layout(tmp_path_factory):
+    """A COCO layout (val2017/ + annotations/instances_val2017.json) made of synthetic images, with ids like COCO's."""
+    from ecc_yolo.data.synthetic import CLASS_NAMES, generate_split
+
+    root = tmp_path_factory.mktemp("coco")
+    coco_json = generate_split(root / "src", "val", 16, imgsz=96, seed=3, progress=False)
+    coco = json.loads(coco_json.read_text())
+    remap = {c["id"]: 10 + 3 * c["id"] for c in coco["categories"]}  # non-contiguous category ids
+    for c in coco["categories"]:
+        c["id"] = remap[c["id"]]
+    for a in coco["annotations"]:
+        a["category_id"] = remap[a["category_id"]]
+    (root / "val2017").mkdir()
+    for im in coco["images"]:
+        (root / "val2017" / im["file_name"]).write_bytes((root / "src" / "images" / "val" / im["file_name"]).read_bytes())
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(coco))
+    assert len(CLASS_NAMES) == 8
+    return root
+
+
+def _bench(*args, cwd=REPO):
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(REPO / "tools" / "benchmark_coco.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_benchmark_script_on_a_coco_layout_with_official_style_checkpoints(coco_layout, tmp_path):
+    """A cfg plus edge/cloud Ultralytics .pt files (as a user with yolo11n.pt / yolo11l.pt runs it), COCO layout."""
+    from copy import deepcopy
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    from ecc_yolo.data.synthetic import CLASS_NAMES
+    from ecc_yolo.spec import load_spec
+
+    tiny = load_spec(CFG_DIR / "ecc-tiny-11.yaml").to_dict()
+    paths = []
+    for part in ("edge", "cloud"):
+        m = DetectionModel(tiny[part], nc=8, verbose=False)
+        m.names = dict(enumerate(CLASS_NAMES))
+        paths.append(tmp_path / f"{part}.pt")
+        torch.save({"model": deepcopy(m).half(), "train_args": {}}, paths[-1])
+    out = tmp_path / "run"
+    args = ["--cfg", str(CFG_DIR / "ecc-tiny-11.yaml"), "--edge", str(paths[0]), "--cloud", str(paths[1]),
+            "--coco", str(coco_layout), "--imgsz", "96", "--batch", "8", "--out", str(out)]
+    r = _bench(*args)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("images", "edge_map", "cloud_map", "adapted_map", "adapted_gflops_ratio", "ecc_d_auc_vs_oracle",
+                "ecc_d_offload_at_99pct_cloud", "ecc_d_bytes_ratio", "ecc_d_plus_auc_vs_oracle",
+                "ecc_d_plus_offload_at_99pct_cloud", "ecc_d_plus_bytes_ratio"):
+        assert key in summary
+    assert summary["images"] == 16 and 0 <= summary["cloud_map"] <= 1
+    for name in ("curve.csv", "summary.md", "map_vs_offload.png", "map_vs_gflops.png", "map_vs_kb.png", "pareto.png"):
+        assert (out / name).stat().st_size > 0
+    cache_time = (out / "cache.npz").stat().st_mtime_ns
+    r = _bench(*args)  # re-sweep: the models do not run again
+    assert r.returncode == 0 and (out / "cache.npz").stat().st_mtime_ns == cache_time
+    assert "running edge, adapted and cloud routes" not in r.stderr + r.stdout
+
+    bad = _bench("--cfg", str(CFG_DIR / "ecc-tiny-11.yaml"), "--coco", str(tmp_path), "--imgsz", "96")
+    assert bad.returncode != 0 and "not found" in bad.stderr
+    r = _bench("--model", "ecc-synth-n-s", "--coco", str(coco_layout))
+    assert r.returncode != 0 and "not shipped" in r.stderr + r.stdout or "zoo" in r.stderr
+
+
+@pytest.mark.slow
+def test_synthetic_preset_runs_on_a_fresh_seed(tmp_path):
+    from ecc_yolo.engine.model import ECC
+
+    ECC(str(CFG_DIR / "ecc-tiny-26.yaml")).save(tmp_path / "ecc.pt")
+    r = _bench("--preset", "synthetic", "--model", str(tmp_path / "ecc.pt"), "--seed", "777", "--images", "24",
+               "--imgsz", "96", "--out", str(tmp_path / "run"), "--no-plots", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["images"] == 24 and set(summary["per_difficulty"]) <= {"easy", "hard", "complex"}
+
+
+def test_fast_map_equals_pycocotools_on_random_mixes(tmp_path):
+    dataset = _coco_dataset(tmp_path, n_images=30, seed=11)
+    routes = {"edge": _detections(dataset, 1, 10, 0.4, 2), "cloud": _detections(dataset, 2, 3, 0.1, 1),
+              "adapted": _detections(dataset, 3, 6, 0.2, 1)}
+    ev = RouteMixEvaluator(dataset, routes)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        assignment = rng.integers(0, 3, len(dataset))
+        assert ev.fast_map(assignment) == pytest.approx(ev.map(assignment), abs=1e-12)
+    gains = ev.marginal_gains("cloud")
+    assert gains.shape == (30,) and np.isfinite(gains).all()
