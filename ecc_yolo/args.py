@@ -15,12 +15,16 @@ from ultralytics.cfg import get_cfg
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
 
 ECC_DEFAULTS_FILE = Path(__file__).resolve().parent / "cfg" / "default.yaml"
-STAGES = ("edge", "cloud", "adapt", "gate", "joint")
-INFER_ROUTES = ("auto", "edge", "cloud", "adapted")
+STAGES = ("edge", "cloud", "adapt", "gate", "joint", "extension")
+INFER_ROUTES = ("auto", "edge", "cloud", "adapted", "extension")
 JOINT_OBJECTIVES = ("edge", "adapted", "gate")
+SERVE_BACKENDS = ("fastapi", "ray")
 
 # key -> (kind, allowed): kind is "choice" (allowed: tuple), "bool", "float>=" (allowed: lower bound),
-# "int>=" (lower bound), "fraction" (0 < x <= 1), "model" (a .pt/.yaml path) or "prefs"
+# "float>" (exclusive lower bound), "int>=" (lower bound), "int in" ((low, high), inclusive), "fraction" (0 < x <= 1),
+# "model" (a .pt/.yaml path), "prefs", "text" (a non-empty string), "secret" (None or a non-empty string or number),
+# "url" (None or an http(s):// URL), "budget" (None, a ratio or a bit rate: ecc_yolo.policy.Budget.parse) or
+# "optional int>=" (None or an integer >= the bound)
 ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
     "stage": ("choice", STAGES),
     "distill": ("bool", None),
@@ -36,6 +40,20 @@ ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
     "route": ("choice", INFER_ROUTES),
     "edge_model": ("model", None),
     "cloud_model": ("model", None),
+    "host": ("text", None),
+    "port": ("int in", (1, 65535)),
+    "token": ("secret", None),
+    "max_batch": ("int>=", 1),
+    "max_wait_ms": ("float>=", 0.0),
+    "max_queue": ("int>=", 1),
+    "max_body": ("int>=", 1024),
+    "backend": ("choice", SERVE_BACKENDS),
+    "replicas": ("int>=", 1),
+    "cloud": ("url", None),
+    "budget": ("budget", None),
+    "max_inflight": ("int>=", 1),
+    "timeout": ("float>", 0.0),
+    "max_images": ("optional int>=", 1),
 }
 
 
@@ -83,8 +101,25 @@ def check_ecc_values(args: dict[str, Any]) -> None:
             ok, want = isinstance(v, bool), "True or False"
         elif kind == "float>=":
             ok, want = _is_number(v) and v >= allowed, f"a number >= {allowed}"
-        elif kind == "int>=":
-            ok, want = isinstance(v, int) and not isinstance(v, bool) and v >= allowed, f"an integer >= {allowed}"
+        elif kind in ("int>=", "optional int>="):
+            ok = (v is None and kind.startswith("optional")) or (
+                isinstance(v, int) and not isinstance(v, bool) and v >= allowed)
+            want = f"an integer >= {allowed}" + (" or empty" if kind.startswith("optional") else "")
+        elif kind == "float>":
+            ok, want = _is_number(v) and v > allowed, f"a number > {allowed}"
+        elif kind == "int in":
+            ok = isinstance(v, int) and not isinstance(v, bool) and allowed[0] <= v <= allowed[1]
+            want = f"an integer in {allowed[0]}..{allowed[1]}"
+        elif kind == "text":
+            ok, want = isinstance(v, str) and bool(v.strip()), "a non-empty string"
+        elif kind == "secret":
+            ok = v is None or (isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v) != "")
+            want = "empty or a non-empty string"
+        elif kind == "url":
+            ok, want = v is None or (isinstance(v, str) and v.startswith(("http://", "https://"))), \
+                "empty or an http:// or https:// URL, e.g. http://127.0.0.1:8000"
+        elif kind == "budget":
+            ok, want = _is_budget(v), "empty, an offload ratio in (0, 1] (e.g. 0.3) or a bit rate (e.g. 200kbps)"
         elif kind == "fraction":
             ok, want = _is_number(v) and 0 < v <= 1, "a number in (0, 1]"
         elif kind == "model":
@@ -122,3 +157,13 @@ def split_args(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_budget(v: Any) -> bool:
+    from ecc_yolo.policy import Budget
+
+    try:
+        Budget.parse(v)
+    except ValueError:
+        return False
+    return True

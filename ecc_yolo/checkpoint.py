@@ -42,12 +42,16 @@ def save_ecc(model: ECCModel, path: str | Path, **extra: Any) -> Path:
 
 
 def load_ecc(path: str | Path, device: torch.device | str | None = None) -> tuple[ECCModel, dict]:
-    """Load an ECC checkpoint (fp32, eval mode).
+    """Load an ECC checkpoint, given as a path or a zoo name (fp32, eval mode).
 
     Raises:
         TypeError: the file is a checkpoint of something else (e.g. a plain YOLO detector).
-        FileNotFoundError: no such file.
+        FileNotFoundError: no such file (or a zoo name this build cannot load: `ecc_yolo.zoo.ZooError`).
     """
+    from ecc_yolo import zoo
+
+    if zoo.is_zoo_name(str(path)):
+        path = zoo.resolve(str(path))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ECC checkpoint '{path}' not found")

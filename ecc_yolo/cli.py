@@ -24,6 +24,10 @@ Modes:
   val      mAP of every route and of the offload decision
              ecc-yolo val model=runs/ecc/adapt/weights/best.pt data=datasets/synth/data.yaml
   predict  run one route (route=auto|edge|cloud|adapted) on images or videos, like `yolo predict`
+  serve    the cloud server: HTTP API for images and feature payloads, micro-batching, /metrics (backend=ray: Ray Serve)
+             ecc-yolo serve model=runs/ecc/gate/weights/best.pt host=127.0.0.1 port=8000 imgsz=320
+  detect   the edge client on a video, stream or webcam: edge on every frame, chosen frames offloaded to a server
+             ecc-yolo detect model=runs/ecc/gate/weights/best.pt source=video.mp4 cloud=http://127.0.0.1:8000 imgsz=320
   help     this text;  version: the version
 
 Every Ultralytics argument (epochs, batch, imgsz, device, project, name, ...) works as with `yolo`; ecc-yolo's
@@ -121,6 +125,50 @@ def run_predict(args: dict[str, Any]) -> None:
     ecc.predict(**{"save": True, **rest})
 
 
+def _serving_args(args: dict[str, Any], mode: str) -> Any:
+    """Validated arguments of serve/detect, which need a trained ECC checkpoint (model=...pt)."""
+    from ecc_yolo.args import check_ecc_values, check_keys, get_args
+
+    check_keys(args)
+    check_ecc_values(args)
+    model = str(args.get("model", ""))
+    if not model.endswith(".pt"):
+        raise UsageError(f"{mode} needs model=<ECC checkpoint .pt> (the edge and the cloud must hold the same one)")
+    return get_args(args)
+
+
+def run_serve(args: dict[str, Any]) -> None:
+    """`ecc-yolo serve`: the cloud server (FastAPI on uvicorn, or Ray Serve with backend=ray)."""
+    ns = _serving_args(args, "serve")
+    if ns.backend == "ray":
+        try:
+            import ray.serve  # noqa: F401
+        except ImportError:
+            raise UsageError('backend=ray needs Ray Serve: pip install -e ".[ray]"') from None
+    from ecc_yolo.serve.server import serve
+
+    serve(ns)
+
+
+def run_detect(args: dict[str, Any]) -> None:
+    """`ecc-yolo detect`: the edge stream client; saves like `yolo predict` and prints a summary."""
+    from ecc_yolo.args import default_project
+
+    if "source" not in args:
+        raise UsageError("detect needs source=<video, image folder, stream URL or webcam index>")
+    ns = _serving_args({"save": True, "project": default_project(), "name": "detect", **args}, "detect")
+    if ns.route != "edge" and not ns.cloud:
+        raise UsageError(f"detect route={ns.route} needs cloud=<server URL, e.g. http://127.0.0.1:8000> "
+                         f"(or route=edge)")
+    from ecc_yolo.serve.client import detect
+    from ecc_yolo.serve.link import ModelMismatchError
+
+    try:
+        detect(ns)
+    except ModelMismatchError as e:
+        raise UsageError(str(e)) from None
+
+
 def run_synth(args: dict[str, Any]) -> None:
     """`ecc-yolo synth`: write the synthetic dataset (and, with video=N, an N-frame video)."""
     from ecc_yolo.data.synthetic import generate_dataset, generate_video
@@ -147,6 +195,8 @@ MODES: dict[str, Callable[[dict[str, Any]], None]] = {
     "train": run_train,
     "val": run_val,
     "predict": run_predict,
+    "serve": run_serve,
+    "detect": run_detect,
 }
 
 

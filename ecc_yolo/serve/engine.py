@@ -1,0 +1,197 @@
+"""The cloud's model work: validate request bodies, letterbox images, run batched forward passes, post-process.
+
+`CloudEngine` is plain synchronous code with no web framework in it, so the FastAPI server (`server.py`) and the Ray
+Serve deployment (`ray_app.py`) share it. Requests are validated in `parse_image` / `parse_features` (which raise
+`RequestError` only); validated items carry a batch key, and `run(key, items)` answers a batch of items that share
+one key (one forward pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable
+
+import numpy as np
+import torch
+from ultralytics.data.augment import LetterBox
+from ultralytics.utils import nms, ops
+
+from ecc_yolo.codec import FORMAT_VERSION, FeaturePayload, PayloadError, decode_features, decode_image
+from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.serve.protocol import API_VERSION, RequestError, detections_json
+
+_HEADER_SHAPES = struct.Struct("<4H")  # feature payload bytes 24..32: image h, w; input h, w (codec docstring)
+_HEADER_SHAPES_OFFSET = 24
+
+
+def input_tensor(images: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Letterboxed BGR uint8 HWC frames of one size -> (B, 3, H, W) RGB float32 in 0..1, as Ultralytics'
+    predictor prepares them."""
+    im = torch.from_numpy(np.stack(images)).to(device)
+    return im.permute(0, 3, 1, 2).flip(1).float().div_(255)
+
+
+def input_shape_for(imgsz: int | tuple[int, int] | list[int], stride: int) -> tuple[int, int]:
+    """(h, w) network input size from an `imgsz` argument; must be multiples of `stride`.
+
+    Raises:
+        ValueError: not a positive multiple of the stride.
+    """
+    sides = [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    h, w = (sides * 2)[:2]
+    if len(sides) > 2 or not all(isinstance(v, int) and v >= stride and v % stride == 0 for v in (h, w)):
+        raise ValueError(f"imgsz must be a multiple of the model stride {stride}, got {imgsz!r}")
+    return int(h), int(w)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """A validated image request: the letterboxed frame (BGR uint8 at the engine's input size) and the size of the
+    image as received (boxes are answered in its pixels)."""
+
+    image: np.ndarray
+    image_shape: tuple[int, int]
+
+
+class CloudEngine:
+    """The cloud side of an ECC model: the full cloud detector for images, adapter decoders + cloud tail for
+    feature payloads."""
+
+    def __init__(
+        self,
+        model: ECCModel,
+        imgsz: int | tuple[int, int] = 640,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        classes: list[int] | None = None,
+        agnostic_nms: bool = False,
+        device: torch.device | str = "cpu",
+        fuse: bool = True,
+    ) -> None:
+        """Prepare `model` for serving.
+
+        Args:
+            model: the ECC model (its fingerprint is taken before fusing, so it matches the checkpoint's).
+            imgsz: network input size (pixels) images are letterboxed to; also the largest feature-payload input
+                size accepted.
+            conf, iou, max_det, classes, agnostic_nms: NMS settings, as in Ultralytics' predict.
+            device: torch device.
+            fuse: fuse Conv+BatchNorm for speed.
+        """
+        self.fingerprint = model.fingerprint()  # hashes every weight: once, before fusing changes the state dict
+        self.model = deepcopy(model).to(device).float().eval()  # a copy: fusing must not change the caller's model
+        if fuse:
+            self.model.fuse(verbose=False)
+        self.device = torch.device(device)
+        self.stride = int(self.model.stride.max())
+        self.input_shape = input_shape_for(imgsz, self.stride)
+        self.names = {int(k): str(v) for k, v in self.model.names.items()}
+        self.nms_args = {"conf_thres": conf, "iou_thres": iou, "classes": classes, "agnostic": agnostic_nms,
+                         "max_det": max_det}
+        adapted_tail = getattr(self.model, "adapted_cloud", None) or self.model.cloud
+        self.end2end = {"image": bool(getattr(self.model.cloud, "end2end", False)),
+                        "features": bool(getattr(adapted_tail, "end2end", False))}
+        # Square letterbox (not predict's minimal rectangle): every image gets the same shape, so any two batch.
+        self._letterbox = LetterBox(self.input_shape, auto=False, stride=self.stride)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu", **kwargs: Any) -> CloudEngine:
+        """Load an ECC checkpoint and serve it (keyword arguments as for `__init__`)."""
+        from ecc_yolo.checkpoint import load_ecc
+
+        model, _ = load_ecc(path)
+        return cls(model, device=device, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """What `GET /v1/model` reports: enough for an edge client to refuse a mismatched model."""
+        spec = self.model.spec
+        return {
+            "api_version": API_VERSION,
+            "name": spec.name,
+            "fingerprint": self.fingerprint.hex(),
+            "names": {str(k): v for k, v in self.names.items()},
+            "nc": len(self.names),
+            "imgsz": list(self.input_shape),
+            "stride": self.stride,
+            "payload_version": FORMAT_VERSION,
+            "routes": ["cloud", "adapted"],
+            "cfg": json.loads(json.dumps(spec.to_dict(), default=str)),
+        }
+
+    # -- validation (any thread; raises RequestError only) --------------------------------------------------------
+    def parse_image(self, body: bytes) -> tuple[Hashable, ImageItem]:
+        """Decode and letterbox an image body; returns (batch key, item)."""
+        try:
+            image = decode_image(body)
+        except PayloadError as e:
+            raise RequestError("bad_image", str(e)) from None
+        return ("image", self.input_shape), ImageItem(self._letterbox(image=image), tuple(image.shape[:2]))
+
+    def parse_features(self, body: bytes, max_bytes: int) -> tuple[Hashable, FeaturePayload]:
+        """Validate a feature payload against this model (format, version, checksum, fingerprint, tensor shapes);
+        returns (batch key, payload)."""
+        expected = None
+        if len(body) >= _HEADER_SHAPES_OFFSET + _HEADER_SHAPES.size:
+            # The input size decides which tensor shapes are valid; read it first so that a payload with the wrong
+            # shapes is refused before its body is inflated (the codec checks shapes before decompressing).
+            _, _, nh, nw = _HEADER_SHAPES.unpack_from(body, _HEADER_SHAPES_OFFSET)
+            expected = self._servable_shapes((nh, nw))
+        try:
+            payload = decode_features(body, self.fingerprint, {} if expected is None else expected, max_bytes)
+        except PayloadError as e:
+            message = str(e)
+            if message.startswith("model fingerprint mismatch"):
+                raise RequestError("fingerprint_mismatch", message) from None
+            if message.startswith("tensor shapes"):
+                if expected is None:
+                    message = (f"input size {nh}x{nw} is not served: each side must be a multiple of {self.stride} "
+                               f"and at most the server's imgsz {self.input_shape[0]}x{self.input_shape[1]}")
+                raise RequestError("shape_mismatch", message) from None
+            raise RequestError("bad_payload", message) from None
+        # One record order for every payload of a batch (`received_latents` stacks tensors by position); the codec
+        # accepts any order, and a crafted one must not mix layers in someone else's batch.
+        payload = dataclasses.replace(payload, tensors=tuple(sorted(payload.tensors, key=lambda t: t.layer)))
+        return ("features", payload.input_shape), payload
+
+    def _servable_shapes(self, input_shape: tuple[int, int]) -> dict[int, tuple[int, int, int, int]] | None:
+        """Tensor shapes a payload for `input_shape` must carry; None if this server does not take that size."""
+        h, w = input_shape
+        ok = all(self.stride <= v <= m and v % self.stride == 0 for v, m in zip((h, w), self.input_shape))
+        return self.model.payload_shapes((h, w)) if ok else None
+
+    # -- inference (the worker thread) -----------------------------------------------------------------------------
+    @torch.inference_mode()  # grad mode is per thread: set it in the thread that runs the model
+    def run(self, key: Hashable, items: list[Any]) -> list[dict[str, Any]]:
+        """Answer a batch of items that share one batch key, in order: one forward pass."""
+        kind, input_shape = key
+        if kind == "image":
+            out = self.model.cloud_forward(input_tensor([it.image for it in items], self.device))
+            shapes, route = [it.image_shape for it in items], "cloud"
+        else:
+            cuts = self.model.decode(self.model.received_latents(items))
+            out = self.model.adapted_tail(cuts)  # the cloud's tail, or its adapted-route copy (cfg `tail: copy`)
+            shapes, route = [p.image_shape for p in items], "adapted"
+        answers = []
+        for det, shape in zip(nms.non_max_suppression(out, **self.nms_args, end2end=self.end2end[kind]), shapes):
+            det = det[:, :6].float()
+            det[:, :4] = ops.scale_boxes(input_shape, det[:, :4], shape)
+            answers.append({"route": route, "detections": detections_json(det.cpu().numpy(), self.names),
+                            "image_shape": list(shape), "input_shape": list(input_shape)})
+        return answers
+
+    def run_mixed(self, keyed_items: list[tuple[Hashable, Any]]) -> list[dict[str, Any]]:
+        """Answer items with any batch keys, in order: one forward pass per key (for batchers that do not group)."""
+        groups: dict[Hashable, list[int]] = {}
+        for i, (key, _) in enumerate(keyed_items):
+            groups.setdefault(key, []).append(i)
+        answers: list[dict[str, Any]] = [{}] * len(keyed_items)
+        for key, idx in groups.items():
+            for i, answer in zip(idx, self.run(key, [keyed_items[i][1] for i in idx])):
+                answers[i] = {**answer, "batch_size": len(idx)}
+        return answers

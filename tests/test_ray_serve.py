@@ -1,0 +1,44 @@
+"""`ecc-yolo serve backend=ray`: the same app as a Ray Serve deployment, on a local single-node Ray."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port
+
+from ecc_yolo.codec import encode_jpeg
+from ecc_yolo.serve.protocol import FEATURES_PATH, HEALTH_PATH, IMAGE_PATH, METRICS_PATH, MODEL_PATH, bearer_header
+from ecc_yolo.serve.server import ServerSettings
+
+
+@pytest.mark.slow
+def test_ray_serve_answers_through_the_same_app(serving_ckpt):
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    from ecc_yolo.checkpoint import load_ecc
+    from ecc_yolo.serve.ray_app import DEPLOYMENT_NAME, ray_application
+
+    model, _ = load_ecc(serving_ckpt)
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        settings = ServerSettings(token="t", max_batch=4, max_wait_ms=5)
+        serve.run(ray_application(str(serving_ckpt), settings, {"imgsz": 128}, replicas=1), name=DEPLOYMENT_NAME,
+                  route_prefix="/")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            assert c.get(HEALTH_PATH).json() == {"status": "ok"}
+            assert c.get(MODEL_PATH).json()["fingerprint"] == model.fingerprint().hex()
+            image = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
+            r = c.post(IMAGE_PATH, content=encode_jpeg(image), headers=bearer_header("t"))
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            assert answer["route"] == "cloud" and answer["image_shape"] == [90, 120] and answer["batch_size"] >= 1
+            bad = c.post(FEATURES_PATH, content=b"junk", headers=bearer_header("t"))
+            assert bad.status_code == 400 and bad.json()["error"]["kind"] == "bad_payload"
+            assert c.post(IMAGE_PATH, content=encode_jpeg(image)).status_code == 401
+            assert 'ecc_requests_total{route="cloud",status="200"}' in c.get(METRICS_PATH).text
+    finally:
+        serve.shutdown()
+        ray.shutdown()
