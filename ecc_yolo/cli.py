@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,8 @@ Modes:
              ecc-yolo serve model=runs/ecc/gate/weights/best.pt host=127.0.0.1 port=8000 imgsz=320
   detect   the edge client on a video, stream or webcam: edge on every frame, chosen frames offloaded to a server
              ecc-yolo detect model=runs/ecc/gate/weights/best.pt source=video.mp4 cloud=http://127.0.0.1:8000 imgsz=320
+  export   the device's part (edge detector, gate, adapter encoders) as ONNX, for `detect model=<edge.onnx>`
+             ecc-yolo export model=runs/ecc/gate/weights/best.pt format=onnx imgsz=320
   help     this text;  version: the version
 
 Every Ultralytics argument (epochs, batch, imgsz, device, project, name, ...) works as with `yolo`; ecc-yolo's
@@ -189,12 +192,32 @@ def run_synth(args: dict[str, Any]) -> None:
         print(f"video: {video}")
 
 
+def run_export(args: dict[str, Any]) -> None:
+    """`ecc-yolo export format=onnx`: the device's graph (edge detector, gate, adapter encoders) for edge runtimes."""
+    from ecc_yolo.args import check_keys
+    from ecc_yolo.edge import export_edge_onnx
+
+    check_keys(args)
+    fmt = args.get("format", "onnx")
+    if fmt != "onnx":
+        raise UsageError(f"export supports format=onnx (the edge part), got '{fmt}'")
+    imgsz = args.get("imgsz", 640)
+    if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+        raise UsageError(f"imgsz must be a multiple of 32 >= 32, got {imgsz!r}")
+    ecc, _ = _model_and_args(args)
+    model = ecc.model
+    source = Path(str(ecc.model_name))  # like Ultralytics: next to a checkpoint, else in the current folder
+    out = (source.parent if source.suffix == ".pt" else Path.cwd()) / f"{source.stem}-edge.onnx"
+    print(f"edge export: {export_edge_onnx(model, out, imgsz)}")
+
+
 MODES: dict[str, Callable[[dict[str, Any]], None]] = {
     "info": run_info,
     "synth": run_synth,
     "train": run_train,
     "val": run_val,
     "predict": run_predict,
+    "export": run_export,
     "serve": run_serve,
     "detect": run_detect,
 }

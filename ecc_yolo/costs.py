@@ -76,6 +76,7 @@ def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:
     Keys (GFLOPs unless named otherwise):
         edge_gflops, cloud_gflops, cloud_head_gflops (cloud layers before the entry), cloud_tail_gflops,
         adapter_gflops (= adapter_encoder_gflops on the device + adapter_decoder_gflops in the cloud), gate_gflops,
+        extension_gflops and router_gflops (multi-exit edges only: the extension exit and the exit router),
         device_gflops (edge + encoders + gate: what the device runs for ECC_D), adapted_cloud_gflops (decoders +
         tail: what the cloud runs per offloaded frame), adapted_gflops_ratio (adapted_cloud_gflops / cloud_gflops),
         payload_bytes_features, payload_bytes_jpeg, payload_bytes_ratio, params (per part), imgsz, entry, cut.
@@ -86,7 +87,7 @@ def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        edge_out, feats = model.edge_forward(img, keep=tuple({*model.adapter_sources, *model.gate_layers}))
+        edge_out, feats = model.edge_forward(img, keep=model.device_layers)
         latents = model.encode(feats)
         received = {k: model.adapters[str(k)].transmit(v) for k, v in latents.items()}
         cuts = model.cloud_cuts(img)
@@ -105,6 +106,9 @@ def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:
         "adapter_decoder_gflops": gflops_of(model.adapters, lambda r: model.decode(r), received),
         "gate_gflops": gflops_of(model.gate, lambda f, o: model.gate_scores(f, o), feats, edge_out),
     }
+    if model.extension is not None:  # multi-exit edge: the extension exit and the router run on the device
+        costs["extension_gflops"] = gflops_of(model.extension, lambda f: model.extension_forward(f), feats)
+        costs["router_gflops"] = gflops_of(model.router, lambda f, o: model.exit_logits(f, o), feats, edge_out)
     costs["adapter_gflops"] = costs["adapter_encoder_gflops"] + costs["adapter_decoder_gflops"]
     costs["device_gflops"] = costs["edge_gflops"] + costs["adapter_encoder_gflops"] + costs["gate_gflops"]
     costs["adapted_cloud_gflops"] = costs["adapter_decoder_gflops"] + costs["cloud_tail_gflops"]
@@ -120,6 +124,8 @@ def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:
         "adapter_encoders": count_params(encoders),
         "adapter_decoders": count_params(decoders),
         "gate": count_params(model.gate),
+        "extension": count_params(model.extension) if model.extension is not None else 0,
+        "router": count_params(model.router) if model.router is not None else 0,
     }
     costs["payload_shapes"] = {str(t.layer): [*t.shape, t.bits] for t in payload.tensors}
     model.train(was_training)

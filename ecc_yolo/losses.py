@@ -18,7 +18,12 @@ Stages:
                    cloud's confidence; needs no labels;
              rate: bits per transmitted value, a differentiable proxy: mean log2(1 + |z - mean_c(z)| / step), the
                    size of a latent's deviation in quantisation steps.
-    gate   recall-rate boosting of the offload decision (see `gate_loss`).
+    gate   recall-rate boosting of the offload decision (see `gate_loss`); with a multi-exit edge also MEANet's
+           router, a three-way classification of frames as easy / hard / complex (see `exit_labels`), with the
+           complex class weighted by `rrb` in the cross-entropy.
+    extension  MEANet's extension block, everything else frozen: the detection loss on every frame, plus the same
+           loss again on the frames the main exit handles poorly (the cloud's gain over it exceeds the offload
+           threshold), plus distillation of the cloud's head outputs.
     joint  adapters, gate and (unless freeze=edge) the edge together on the objectives (edge, adapted, gate): a
            preference-weighted sum, or with `pareto=True` the min-norm Pareto descent direction of their gradients.
 """
@@ -33,17 +38,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ultralytics.utils import nms
+from ultralytics.utils.loss import v8DetectionLoss
 
+from ecc_yolo.nn.ecc_model import DEFAULT_GAIN_THRESHOLD
 from ecc_yolo.pareto import min_norm_weights
 from ecc_yolo.quality import batch_stats, marginal_gains
 
-STAGE_ROUTE = {"edge": "edge", "cloud": "cloud", "adapt": "adapted", "gate": "adapted", "joint": "adapted"}
+STAGE_ROUTE = {"edge": "edge", "cloud": "cloud", "adapt": "adapted", "gate": "adapted", "joint": "adapted",
+               "extension": "extension"}
 STAGE_TRAINABLE = {
     "edge": ("edge",),
     "cloud": ("cloud",),
     "adapt": ("adapters", "adapted_cloud"),
-    "gate": ("gate",),
+    "gate": ("gate", "router"),
     "joint": ("edge", "adapters", "gate", "adapted_cloud"),
+    "extension": ("extension",),
 }
 GATE_NMS = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}
 
@@ -74,6 +83,39 @@ def gate_loss(predicted: torch.Tensor, target: torch.Tensor, rrb: float) -> torc
     residual = predicted - target
     weight = torch.where(residual < 0, torch.full_like(residual, rrb), torch.ones_like(residual))
     return (weight * residual.square()).mean()
+
+
+def exit_labels(extension_gain: np.ndarray, cloud_gain: np.ndarray, threshold: float = DEFAULT_GAIN_THRESHOLD
+                ) -> np.ndarray:
+    """MEANet's difficulty labels (0 easy, 1 hard, 2 complex) from each frame's gains over the main exit.
+
+    easy: the cloud would not gain more than `threshold` (the main exit is as good as the cloud);
+    hard: it would, and the extension exit gains all but `threshold` of it (the extension closes the gap);
+    complex: only the cloud does.
+    """
+    labels = np.full(len(cloud_gain), 2, dtype=np.int64)
+    labels[extension_gain >= cloud_gain - threshold] = 1
+    labels[cloud_gain <= threshold] = 0
+    return labels
+
+
+def select_images(output: Any, mask: torch.Tensor) -> dict:
+    """The raw head output of the images in `mask` (a Detect head's training output)."""
+    raw = raw_head_output(output)
+    return {k: [x[mask] for x in v] if isinstance(v, list) else v[mask] for k, v in raw.items()}
+
+
+def select_labels(batch: dict, mask: torch.Tensor) -> dict:
+    """A batch's labels for the images in `mask`, re-indexed (what a detection loss reads)."""
+    index = torch.full((len(mask),), -1, dtype=torch.long, device=mask.device)
+    index[mask] = torch.arange(int(mask.sum()), device=mask.device)
+    keep = mask[batch["batch_idx"].long()]
+    return {
+        "img": batch["img"][mask],
+        "batch_idx": index[batch["batch_idx"].long()][keep].to(batch["batch_idx"].dtype),
+        "cls": batch["cls"][keep],
+        "bboxes": batch["bboxes"][keep],
+    }
 
 
 def rate_bits(latent: torch.Tensor, bits: int) -> torch.Tensor:
@@ -160,14 +202,17 @@ class ECCLoss:
         if self.stage == "gate":
             with torch.no_grad():
                 edge_out, feats = self.model.edge_forward(batch["img"], keep=self._edge_keep())
-            loss, target = self.gate_objective(batch, feats, edge_out)
-            return loss[None] * batch["img"].shape[0], {"gate": loss.detach(), "gain": target[:, 0].mean()}
+            loss, target, router = self.gate_objective(batch, feats, edge_out, with_router=True)
+            items = {"gate": loss.detach(), "gain": target[:, 0].mean(), "router": router.detach()}
+            return (loss + router)[None] * batch["img"].shape[0], items
+        if self.stage == "extension":
+            return self.extension_objective(batch)
         if self.stage == "joint":
             return self.joint_objective(batch)
         raise ValueError(f"unknown stage '{self.stage}'")
 
     def _edge_keep(self) -> tuple[int, ...]:
-        return tuple({*self.model.adapter_sources, *self.model.gate_layers})
+        return self.model.device_layers
 
     def adaptation_terms(self, batch: dict, feats: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         """feat, det, kd and rate terms (unweighted, per image) of the adapted route on edge features `feats`."""
@@ -196,12 +241,15 @@ class ECCLoss:
         }
 
     def gate_objective(
-        self, batch: dict, feats: dict[int, torch.Tensor], edge_out: Any, adapted_out: Any = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gate loss, (B, 2) gain targets) for one batch; targets come from the current models without gradient."""
+        self, batch: dict, feats: dict[int, torch.Tensor], edge_out: Any, adapted_out: Any = None,
+        with_router: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gate loss, (B, 2) gain targets, router loss) for one batch; the targets come from the current models
+        without gradient. The router loss is zero unless `with_router` and the model has a multi-exit edge."""
         m = self.model
         img = batch["img"]
         imgsz = tuple(img.shape[2:])
+        router_used = with_router and m.router is not None
         with torch.no_grad():
             if adapted_out is None:
                 adapted_out = m.adapted_tail(m.adapt(feats))
@@ -213,8 +261,47 @@ class ECCLoss:
             )
             gains = np.stack([marginal_gains(edge, adapted), marginal_gains(edge, cloud)], 1)
             target = torch.from_numpy(gains).float().to(img.device)
+            if router_used:
+                ext_out = m.extension_forward(feats)
+                extension = batch_stats(detections(m.extension.model[-1], ext_out), batch, imgsz)
+                labels = exit_labels(marginal_gains(edge, extension), gains[:, 0])
         predicted = m.gate_scores(feats, edge_out)
-        return gate_loss(predicted.float(), target, self.hyp.rrb), target
+        loss = gate_loss(predicted.float(), target, self.hyp.rrb)
+        router = torch.zeros((), device=img.device)
+        if router_used:
+            weight = torch.tensor([1.0, 1.0, self.hyp.rrb], device=img.device)
+            router = F.cross_entropy(m.exit_logits(feats, edge_out).float(),
+                                     torch.from_numpy(labels).to(img.device), weight=weight)
+        return loss, target, router
+
+    def extension_objective(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Detection loss of the extension exit on all frames and again on the frames the main exit handles poorly,
+        plus distillation of the cloud's head outputs (see the module docstring)."""
+        m = self.model
+        img = batch["img"]
+        bs = img.shape[0]
+        if getattr(self, "ext_det", None) is None:
+            m.extension.args = self.hyp
+            self.ext_det = v8DetectionLoss(m.extension)
+        with torch.no_grad():
+            edge_out, feats = m.edge_forward(img, keep=self._edge_keep())
+            cloud_out = m.cloud_forward(img)
+            imgsz = tuple(img.shape[2:])
+            edge = batch_stats(detections(m.edge.model[-1], edge_out), batch, imgsz)
+            cloud = batch_stats(detections(m.cloud.model[-1], cloud_out), batch, imgsz)
+            poor = torch.from_numpy(marginal_gains(edge, cloud) > DEFAULT_GAIN_THRESHOLD).to(img.device)
+        out = m.extension_forward(feats)
+        det = self.ext_det(out, batch)[0].sum() / bs
+        hard = torch.zeros((), device=img.device)
+        if poor.any():
+            hard = self.ext_det(select_images(out, poor), select_labels(batch, poor))[0].sum() / int(poor.sum())
+        kd = torch.zeros((), device=img.device)
+        teacher = raw_head_output(cloud_out)
+        if self.hyp.kd > 0 and raw_head_output(out)["scores"].shape == teacher["scores"].shape:
+            kd = head_distillation(out, cloud_out, m.extension.model[-1].reg_max)
+        loss = torch.stack([det, hard, self.hyp.kd * kd]) * bs
+        return loss, {"det": det.detach(), "hard": hard.detach(), "kd": kd.detach(),
+                      "hard_share": poor.float().mean()}
 
     def joint_objective(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Edge, adapted and gate objectives combined by preference weights or by the Pareto descent direction."""
@@ -224,7 +311,7 @@ class ECCLoss:
         edge_out, feats = m.edge_forward(img, keep=self._edge_keep())
         terms = self.adaptation_terms(batch, feats)
         adapted = sum(getattr(self.hyp, n) * terms[n] for n in ("feat", "det", "kd", "rate"))
-        gate, _ = self.gate_objective(
+        gate, _, _ = self.gate_objective(
             batch, {k: v.detach() for k, v in feats.items()}, _detach(edge_out), _detach(terms["adapted_out"])
         )
         objectives = [adapted, gate]

@@ -120,7 +120,7 @@ class BudgetController:
         return self.bytes_sent * 8 / 1000 / (self.decisions / self.fps) if self.decisions else 0.0
 
 
-ROUTE_CODES = {"edge": 0, "adapted": 1, "cloud": 2}  # how evaluation encodes where each frame was answered
+ROUTE_CODES = {"edge": 0, "adapted": 1, "cloud": 2, "extension": 3}  # how evaluation encodes where a frame was answered
 
 
 def three_way_priority(gains: np.ndarray) -> np.ndarray:
@@ -137,3 +137,29 @@ def three_way_routes(gains: np.ndarray, offloaded: np.ndarray, margin: float) ->
     prefer_cloud = gains[:, 1] - gains[:, 0] > margin
     codes[offloaded] = np.where(prefer_cloud[offloaded], ROUTE_CODES["cloud"], ROUTE_CODES["adapted"])
     return codes
+
+
+EXIT_CODES = {"main": 0, "extension": 1, "cloud": 2}  # a multi-exit edge's exits, in the router's output order
+
+
+def exit_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax of the router's (N, 3) logits."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def three_exit_choice(logits: np.ndarray, offload_ratio: float | None = None) -> np.ndarray:
+    """Which exit answers each frame of a multi-exit edge (EXIT_CODES): MEANet's adaptive block.
+
+    Without `offload_ratio`, the router's most likely exit. With it, exactly that share of frames, those most likely
+    to be complex, goes to the cloud, and each remaining frame stops at the main exit unless the router rates it
+    more likely hard than easy (then the extension answers). A frame sent to the main exit never runs the extension
+    block or the cloud.
+    """
+    p = exit_probabilities(logits)
+    if offload_ratio is None:
+        return p.argmax(axis=1)
+    choice = np.where(p[:, 1] > p[:, 0], EXIT_CODES["extension"], EXIT_CODES["main"])
+    choice[top_share_mask(p[:, 2], offload_ratio)] = EXIT_CODES["cloud"]
+    return choice

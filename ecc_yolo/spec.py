@@ -12,6 +12,7 @@ Schema (every key is documented in `cfg/README.md`; `cfg/ecc-yolo11n-l.yaml` is 
       - {cloud: 4, edge: 4}    # cloud tensor reproduced, edge layer feeding it (+ any adapter field)
     gate: {hidden: 64}         # optional offload-gate settings
     tail: shared               # optional: "copy" gives the adapted route its own trainable copy of the cloud tail
+    extension: {depth: 2, channels: 64}   # optional: MEANet's extension block, a second exit on the device
 
 Geometry (strides, channels, the cut set) can only be checked against built networks; `check_geometry` does that
 and is called by `ECCModel` as soon as both detectors exist.
@@ -28,11 +29,12 @@ from ultralytics.utils import YAML
 
 CFG_DIR = Path(__file__).resolve().parent / "cfg"  # shipped ECC cfgs (the repo's top-level cfg/ links here)
 PART_KEYS = ("edge", "cloud")
-TOP_KEYS = {"nc", "edge", "cloud", "entry", "adapter", "adapters", "gate", "name", "channels", "tail"}
+TOP_KEYS = {"nc", "edge", "cloud", "entry", "adapter", "adapters", "gate", "name", "channels", "tail", "extension"}
 TAIL_MODES = ("shared", "copy")
 ADAPTER_KEYS = {"cloud", "edge", "depth", "channels", "bottleneck", "bits"}
 ADAPTER_DEFAULT_KEYS = ADAPTER_KEYS - {"cloud", "edge"}
 GATE_KEYS = {"hidden", "layers"}
+EXTENSION_KEYS = {"depth", "channels", "layers"}
 MAX_BITS = 8
 
 
@@ -75,6 +77,16 @@ class GateSpec:
 
 
 @dataclass(frozen=True)
+class ExtensionSpec:
+    """MEANet's extension block: `depth` 3x3 conv layers of width `channels` on each edge feature map in `layers`
+    (default: the edge Detect inputs), ending in a detection head of its own: a second, stronger exit on the device."""
+
+    depth: int = 2
+    channels: int = 64
+    layers: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
 class ECCSpec:
     """A validated ECC composition."""
 
@@ -86,6 +98,7 @@ class ECCSpec:
     gate: GateSpec = GateSpec()
     nc: int | None = None
     tail: str = "shared"  # "copy": the adapted route runs its own, trainable copy of the cloud tail
+    extension: ExtensionSpec | None = None  # MEANet multi-exit edge (None: two exits, edge and cloud)
 
     def to_dict(self) -> dict[str, Any]:
         """Self-contained cfg dict (detector YAMLs inlined, no file references): what checkpoints record."""
@@ -98,6 +111,11 @@ class ECCSpec:
             "adapters": [{f.name: getattr(a, f.name) for f in fields(a)} for a in self.adapters],
             "gate": {"hidden": self.gate.hidden, "layers": list(self.gate.layers) if self.gate.layers else None},
             "tail": self.tail,
+            "extension": None if self.extension is None else {
+                "depth": self.extension.depth,
+                "channels": self.extension.channels,
+                "layers": list(self.extension.layers) if self.extension.layers else None,
+            },
         }
 
     def adapter_for(self, cloud_layer: int) -> AdapterSpec:
@@ -193,6 +211,7 @@ def parse_spec(data: dict[str, Any], source: str = "<dict>") -> ECCSpec:
     tail = data.get("tail", "shared")
     if tail not in TAIL_MODES:
         fail("tail", f"must be one of {', '.join(TAIL_MODES)}, got {tail!r}")
+    extension = _parse_extension(data.get("extension"), fail)
 
     return ECCSpec(
         name=str(data.get("name") or Path(source).stem),
@@ -203,6 +222,7 @@ def parse_spec(data: dict[str, Any], source: str = "<dict>") -> ECCSpec:
         gate=gate,
         nc=nc,
         tail=tail,
+        extension=extension,
     )
 
 
@@ -250,6 +270,13 @@ def check_geometry(spec: ECCSpec, edge_geometry: list, cloud_geometry: list, clo
     for j in spec.gate.layers or ():
         if not 0 <= j < len(edge_geometry) or edge_geometry[j] is None:
             fail("gate.layers", f"edge layer {j} is not a feature-map layer of the edge detector")
+    if spec.extension is not None and spec.extension.layers:
+        for j in spec.extension.layers:
+            if not 0 <= j < len(edge_geometry) or edge_geometry[j] is None:
+                fail("extension.layers", f"edge layer {j} is not a feature-map layer of the edge detector")
+        strides = [edge_geometry[j].stride for j in spec.extension.layers]
+        if strides != sorted(set(strides)):
+            fail("extension.layers", f"layers must have distinct, increasing strides (like a Detect head's), got {strides}")
 
 
 def _is_int(x: Any) -> bool:
@@ -303,6 +330,26 @@ def _parse_part(value: Any, key: str, fail) -> PartSpec:
     elif d.get("scales") and not d.get("scale"):
         fail(key, f"'{name}' has several scales; name one (e.g. yolo11n.yaml) or give scale:")
     return PartSpec(yaml=d, source=name)
+
+
+def _parse_extension(raw: Any, fail) -> ExtensionSpec | None:
+    """The optional `extension:` block."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        fail("extension", f"must be a mapping (depth, channels, layers), got {type(raw).__name__}")
+    bad = set(raw) - EXTENSION_KEYS
+    if bad:
+        fail(f"extension.{sorted(bad)[0]}", f"unknown key (valid: {', '.join(sorted(EXTENSION_KEYS))})")
+    depth = raw.get("depth", ExtensionSpec.depth)
+    channels = raw.get("channels", ExtensionSpec.channels)
+    layers = raw.get("layers")
+    for key, v in (("depth", depth), ("channels", channels)):
+        if not _is_int(v) or v < 1:
+            fail(f"extension.{key}", f"must be a positive integer, got {v!r}")
+    if layers is not None and (not isinstance(layers, list) or not layers or not all(_is_int(x) for x in layers)):
+        fail("extension.layers", f"must be a non-empty list of edge layer indices, got {layers!r}")
+    return ExtensionSpec(depth=depth, channels=channels, layers=tuple(layers) if layers else None)
 
 
 def _parse_adapter(a: Any, where: str, fail) -> AdapterSpec:

@@ -133,7 +133,7 @@ def test_edge_route_never_contacts_the_cloud_and_matches_predict(serving_ckpt, m
 
     summary, records = run_detect(model, tmp_path, source=str(synth_video), route="edge",
                                   cloud=f"http://127.0.0.1:{free_port()}")  # nobody listens there
-    assert summary["routes"] == {"edge": 30, "adapted": 0, "cloud": 0, "fallback": 0}
+    assert summary["routes"] == {"edge": 30, "extension": 0, "adapted": 0, "cloud": 0, "fallback": 0}
     assert summary["bytes_sent"] == 0 and summary["errors"] == {}
     predicted = ECC(str(serving_ckpt)).predict(str(synth_video), route="edge", imgsz=IMGSZ, verbose=False, stream=True)
     compared = 0

@@ -181,7 +181,7 @@ def test_tiny_zoo_pipeline_writes_checkpoint_and_manifest(tiny_zoo):
 
     assert hashlib.sha256((tiny_zoo / name).read_bytes()).hexdigest() == info["sha256"]
     stages = [c["stage"] for c in manifest["commands"]]
-    assert stages == ["data", "heldout", "cloud", "edge", "adapt", "gate", "val"]
+    assert stages == ["data", "heldout", "cloud", "edge", "adapt", "extension", "gate", "val"]
     assert all(c["command"].startswith("ecc-yolo ") for c in manifest["commands"])
     maps = manifest["heldout_map50_95"]
     assert maps["cloud_map50_95"] > maps["edge_map50_95"]  # the cloud is the stronger detector

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     if opt.preset:
         from ecc_yolo.data.synthetic import generate_dataset
 
-        data = generate_dataset(REPO / "datasets" / f"synth-eval-{opt.seed}-{opt.images}-{imgsz}", train=0,
+        data = generate_dataset(Path.cwd() / "datasets" / f"synth-eval-{opt.seed}-{opt.images}-{imgsz}", train=0,
                                 val=opt.images, imgsz=imgsz, seed=opt.seed)
     else:
         data = opt.data or opt.coco

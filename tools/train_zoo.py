@@ -9,8 +9,9 @@ Steps (each a real `ecc-yolo` command, recorded verbatim in the manifest):
     2. `ecc-yolo train stage=cloud`: the cloud detector from its YAML;
     3. `ecc-yolo train stage=edge`: the edge detector (distilled from the trained cloud unless --no-distill);
     4. `ecc-yolo train stage=adapt`: knowledge adaptation of the adapters, edge and cloud frozen;
-    5. `ecc-yolo train stage=gate`: the offload gate with recall-rate boosting;
-    6. `ecc-yolo val` of the result on the held-out split (the benchmark: every route, every router).
+    5. `ecc-yolo train stage=extension`: MEANet's extension exit on the device, edge and cloud frozen;
+    6. `ecc-yolo train stage=gate`: the offload gate and the exit router, with recall-rate boosting;
+    7. `ecc-yolo val` of the result on the held-out split (the benchmark: every route, every router).
 Outputs in --out: `<name>.pt` (the ECC checkpoint), `manifest.json` (sha256 of every file, generator version and
 seeds, commands, hardware, wall time per stage, per-part mAP50-95), and the runs/ and data/ folders.
 """
@@ -39,20 +40,20 @@ PRESETS = {
         "heldout": 500,
         "imgsz": 256,
         "batch": 64,
-        "epochs": {"cloud": 40, "edge": 40, "adapt": 20, "gate": 10},
+        "epochs": {"cloud": 40, "edge": 40, "adapt": 20, "extension": 20, "gate": 10},
         "device": "0",
         "mix": None,  # the generator's default easy/hard/complex mix, 50/30/20
         "hyp": [],  # Ultralytics' default hyper-parameters, as measured in ../shared/docs/MEASUREMENTS.md
     },
     "tiny": {
         "name": "ecc-synth-tiny",
-        "cfg": "ecc-tiny-11.yaml",
+        "cfg": "ecc-tiny-meanet.yaml",
         "train": 256,
         "val": 64,
         "heldout": 64,
         "imgsz": 128,
         "batch": 16,
-        "epochs": {"cloud": 15, "edge": 10, "adapt": 8, "gate": 5},
+        "epochs": {"cloud": 15, "edge": 10, "adapt": 8, "extension": 6, "gate": 5},
         "device": "cpu",
         # Minutes of CPU cannot learn complex frames at 128 px; easy and hard frames still give the edge/cloud gap
         # and per-frame gains the tests need. A higher learning rate with a short warm-up suits the short schedule.
@@ -60,6 +61,7 @@ PRESETS = {
         "hyp": ["optimizer=AdamW", "lr0=0.003", "warmup_epochs=1", "mosaic=0.5"],
     },
 }
+STAGE_ORDER = ("cloud", "edge", "adapt", "extension", "gate")
 STAGE_ARGS = {"edge": ["distill=True"], "gate": ["rrb=2.0"]}  # adapt: the defaults (feat=4, det=0.25, kd=1)
 
 
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> Path:
     model = str(REPO / "cfg" / preset["cfg"])
     common = [f"data={data / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}", f"device={device}",
               f"project={runs}", "exist_ok=True", "plots=False", f"seed={TRAIN_SEED}", *preset["hyp"]]
-    for stage in ("cloud", "edge", "adapt", "gate"):
+    for stage in STAGE_ORDER:
         epochs = max(1, round(preset["epochs"][stage] * opt.epochs_scale))
         extra = [a for a in STAGE_ARGS.get(stage, []) if not (opt.no_distill and a.startswith("distill"))]
         run(["train", f"model={model}", f"stage={stage}", f"epochs={epochs}", f"name={stage}", *common, *extra],

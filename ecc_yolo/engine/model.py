@@ -135,7 +135,6 @@ class ECC(Model):
         from ecc_yolo.args import get_args
         from ecc_yolo.eval.benchmark import evaluate
 
-        max_images = kwargs.pop("max_images", None)
         if "project" not in kwargs:
             kwargs["project"] = default_project()
         args = get_args({"imgsz": self.overrides.get("imgsz", 640), "batch": 8, "name": "val", **kwargs,
@@ -145,7 +144,7 @@ class ECC(Model):
         out = get_save_dir(args)
         imgsz = args.imgsz if isinstance(args.imgsz, int) else max(args.imgsz)
         self.metrics = evaluate(self.model, args.data, out, imgsz=imgsz, batch=args.batch, device=args.device,
-                                max_images=max_images, plots=args.plots)
+                                max_images=args.max_images, plots=args.plots)
         return self.metrics
 
 

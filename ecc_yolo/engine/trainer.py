@@ -87,7 +87,8 @@ class ECCTrainer(DetectionTrainer):
     def set_model_attributes(self):
         """Names, nc and args on the ECC model and on both detectors."""
         super().set_model_attributes()
-        ecc = find_ecc(self.model)
+        ecc = find_ecc(self.model)  # under a distillation wrapper, Ultralytics set these on the wrapper only
+        ecc.nc, ecc.names, ecc.args = self.data["nc"], self.data["names"], self.args
         for part in (ecc.edge, ecc.cloud):
             part.nc, part.names, part.args = ecc.nc, ecc.names, self.args
 

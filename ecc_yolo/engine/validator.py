@@ -28,8 +28,8 @@ from ultralytics.utils.metrics import DetMetrics
 
 from ecc_yolo.args import all_defaults, check_ecc_values, default_project, split_args
 from ecc_yolo.losses import STAGE_ROUTE
-from ecc_yolo.nn.ecc_model import ALL_ROUTES, DEFAULT_GAIN_THRESHOLD, ROUTES, ECCModel
-from ecc_yolo.policy import offload_mask, top_share_mask
+from ecc_yolo.nn.ecc_model import ALL_ROUTES, DEFAULT_GAIN_THRESHOLD, EXTENSION, ECCModel
+from ecc_yolo.policy import offload_mask, three_exit_choice, top_share_mask
 from ecc_yolo.quality import marginal_gains
 
 NEEDED_GAIN = DEFAULT_GAIN_THRESHOLD  # an image "needs" offloading when its gain from the adapted route exceeds this
@@ -82,11 +82,13 @@ class ECCValidator(DetectionValidator):
         self.ecc = find_ecc(model)
         self._route_before = self.ecc.route
         self.ecc.set_route(ALL_ROUTES)
+        self.routes = self.ecc.routes
         self.route_end2end = {"edge": self.ecc.edge.end2end, "adapted": self.ecc.cloud.end2end,
-                              "cloud": self.ecc.cloud.end2end}
-        self.route_metrics = {r: DetMetrics(names=model.names) for r in ROUTES}
-        self.route_images: dict[str, list[dict]] = {r: [] for r in ROUTES}
+                              "cloud": self.ecc.cloud.end2end, EXTENSION: False}
+        self.route_metrics = {r: DetMetrics(names=model.names) for r in self.routes}
+        self.route_images: dict[str, list[dict]] = {r: [] for r in self.routes}
         self.gate_scores: list[torch.Tensor] = []
+        self.router_logits: list[torch.Tensor] = []
         self.feat_losses: list[float] = []
 
     def postprocess(self, preds: Any) -> Any:
@@ -94,22 +96,24 @@ class ECCValidator(DetectionValidator):
         if not isinstance(preds, dict):
             return super().postprocess(preds)
         out = {}
-        for route in ROUTES:
+        for route in self.routes:
             self.end2end = self.route_end2end[route]
             out[route] = super().postprocess(preds[route])
         self.end2end = self.route_end2end[self.primary]
-        out["gate"], out["feat"] = preds["gate"], preds["feat"]
+        out["gate"], out["feat"], out["router"] = preds["gate"], preds["feat"], preds.get("router")
         return out
 
     def update_metrics(self, preds: dict, batch: dict) -> None:
         """Primary route through Ultralytics; every route into its own metrics and per-image records."""
         super().update_metrics(preds[self.primary], batch)
-        for route in ROUTES:
+        for route in self.routes:
             for si, pred in enumerate(preds[route]):
                 stat = self._image_stat(pred, si, batch)
                 self.route_metrics[route].update_stats(stat)
                 self.route_images[route].append(stat)
         self.gate_scores.append(preds["gate"].detach().float().cpu())
+        if preds["router"] is not None:
+            self.router_logits.append(preds["router"].detach().float().cpu())
         self.feat_losses.append(float(preds["feat"]))
 
     def _image_stat(self, pred: dict, si: int, batch: dict) -> dict:
@@ -141,7 +145,7 @@ class ECCValidator(DetectionValidator):
         if not self.gate_scores:
             return stats
         routes = {}
-        for route in ROUTES:
+        for route in self.routes:
             self.route_metrics[route].process()
             routes[route] = route_results(self.route_metrics[route])
             stats[f"metrics/{route}_mAP50(B)"], stats[f"metrics/{route}_mAP50-95(B)"] = routes[route]
@@ -155,18 +159,28 @@ class ECCValidator(DetectionValidator):
         stats["metrics/offload_recall"] = float(decided[needed].mean()) if needed.any() else 1.0
         stats["metrics/offload_ratio"] = float(decided.mean())
         stats["metrics/feat"] = float(np.mean(self.feat_losses))
+        if self.router_logits:  # multi-exit edge: the router's own decision, and where frames stopped
+            choice = three_exit_choice(torch.cat(self.router_logits).numpy())
+            exits = [("edge", EXTENSION, "adapted")[c] for c in choice]
+            _, stats["metrics/meanet_mAP50-95(B)"] = self.routed_map(np.array(exits))
+            for code, name in enumerate(("main", "extension", "cloud")):
+                stats[f"metrics/exit_{name}_share"] = float((choice == code).mean())
         if self.args.stage in ("gate", "joint"):
             stats["fitness"] = fitness(eccd50, eccd)
         self.route_summary = {**routes, f"ECC_D @ {self.args.offload:.0%} offload": (eccd50, eccd)}
         self.metrics.ecc = {k: v for k, v in stats.items() if k.startswith("metrics/") or k == "fitness"}
         return stats
 
-    def routed_map(self, offloaded: np.ndarray) -> tuple[float, float]:
-        """(mAP50, mAP50-95) of the system that answers image i by the adapted route where `offloaded[i]`, else by
-        the edge, from the per-image records of the last validation (no model runs)."""
+    def routed_map(self, answered_by: np.ndarray) -> tuple[float, float]:
+        """(mAP50, mAP50-95) of the system that answers image i by route `answered_by[i]` (a route name), or, for a
+        boolean mask, by the adapted route where True and the edge elsewhere; from the per-image records of the
+        last validation (no model runs)."""
+        answered_by = np.asarray(answered_by)
+        if answered_by.dtype == bool:
+            answered_by = np.where(answered_by, "adapted", "edge")
         metrics = DetMetrics(names=self.names)
-        for i, off in enumerate(offloaded):
-            metrics.update_stats(self.route_images["adapted" if off else "edge"][i])
+        for i, route in enumerate(answered_by):
+            metrics.update_stats(self.route_images[str(route)][i])
         metrics.process()
         return route_results(metrics)
 

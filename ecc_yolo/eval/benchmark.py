@@ -72,6 +72,8 @@ def evaluate(
     sweep = RouterSweep(cache, evaluator, seeds=seeds)
     curves = sweep.all_curves(RATIOS)
     summary = summarise(curves, cache, evaluator, dataset, target)
+    if "MEANet" in curves:
+        summary["meanet"] = multi_exit_summary(curves, sweep, dataset)
     summary.update({"model": model.spec.name, "data": str(data), "imgsz": imgsz})
     write_curve_csv(curves, out / "curve.csv")
     write_summary(summary, out)
@@ -83,7 +85,7 @@ def evaluate(
 
 def summarise(curves: dict, cache, evaluator: RouteMixEvaluator, dataset, target: float) -> dict[str, Any]:
     """The headline numbers and the goals (see the module constants)."""
-    route = {name: evaluator.route_map(name) for name in ("edge", "adapted", "cloud")}
+    route = {name: evaluator.route_map(name) for name in evaluator.routes}
     cloud = route["cloud"][0]
     mean_jpeg = float(np.mean(cache.jpeg_bytes))
     summary: dict[str, Any] = {"images": len(dataset)}
@@ -124,12 +126,35 @@ def summarise(curves: dict, cache, evaluator: RouteMixEvaluator, dataset, target
     return summary
 
 
+def multi_exit_summary(curves: dict, sweep: RouterSweep, dataset) -> dict[str, Any]:
+    """The three-exit system: its own decision (shares per exit, device GFLOPs, mAP), how it compares with ECC_D at
+    equal offload ratio, and the confusion matrix between generated difficulty and chosen exit."""
+    from ecc_yolo.eval.routers import exits_to_routes
+    from ecc_yolo.policy import three_exit_choice
+
+    choice = three_exit_choice(sweep.cache.router)
+    own = sweep.point("MEANet", exits_to_routes(choice), float((choice == 2).mean()))
+    meanet, ecc_d = curves["MEANet"], curves["ECC_D"]
+    inner = range(1, len(meanet) - 1)  # both curves share their endpoints
+    out = {
+        "own_decision": own.row(),
+        "exit_shares": {name: float((choice == code).mean()) for code, name in enumerate(("main", "extension", "cloud"))},
+        "ratios_at_least_ecc_d": float(np.mean([meanet[i].map >= ecc_d[i].map for i in inner])),
+        "mean_gain_over_ecc_d": float(np.mean([meanet[i].map - ecc_d[i].map for i in inner])),
+    }
+    levels = [d for d in dict.fromkeys(dataset.difficulty) if d]
+    if levels:
+        difficulty = np.array(dataset.difficulty)
+        out["confusion"] = {level: {name: int(np.sum((difficulty == level) & (choice == code)))
+                                    for code, name in enumerate(("main", "extension", "cloud"))} for level in levels}
+    return out
+
+
 def per_difficulty(evaluator: RouteMixEvaluator, dataset) -> dict[str, dict[str, float]]:
     """mAP50-95 of each route on the images of each difficulty (when the data records difficulty)."""
     levels = [d for d in dict.fromkeys(dataset.difficulty) if d]
     out = {}
     for level in levels:
         mask = np.array([d == level for d in dataset.difficulty])
-        out[level] = {"images": int(mask.sum()),
-                      **{r: evaluator.route_map(r, mask)[0] for r in ("edge", "adapted", "cloud")}}
+        out[level] = {"images": int(mask.sum()), **{r: evaluator.route_map(r, mask)[0] for r in evaluator.routes}}
     return out

@@ -1,7 +1,7 @@
 """Run every route of an ECC model once over an evaluation dataset and keep what evaluation needs.
 
-Per image: the detections of the edge, the adapted route and the full cloud (in original image pixels), the gate's
-predicted gains, and the exact sizes of the two payloads the device could send (the feature payload, encoded with
+Per image: the detections of the edge, the adapted route and the full cloud (and the extension exit of a multi-exit
+edge), in original image pixels, the gate's predicted gains (and the exit router's logits), and the exact sizes of the two payloads the device could send (the feature payload, encoded with
 the real codec, and the letterboxed frame's JPEG at quality 90). Saved to `cache.npz` + `cache.json` in the run
 folder; sweeping routers and thresholds afterwards reads only the cache.
 """
@@ -22,10 +22,10 @@ from ultralytics.utils import TQDM, nms, ops
 from ecc_yolo.codec import encode_features, encode_jpeg
 from ecc_yolo.costs import JPEG_QUALITY, ecc_costs
 from ecc_yolo.eval.dataset import EvalDataset
-from ecc_yolo.nn.ecc_model import ROUTES, ECCModel
+from ecc_yolo.nn.ecc_model import EXTENSION, ECCModel
 
 EVAL_NMS = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}  # Ultralytics' validation settings
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -35,6 +35,7 @@ class RouteCache:
     Attributes:
         detections: route -> list (one per image) of (N, 6) float32 [x1, y1, x2, y2, conf, cls] in image pixels.
         gate: (I, 2) predicted gains (adapted, cloud).
+        router: (I, 3) exit logits (main, extension, cloud) of a multi-exit edge, else None.
         feature_bytes: (I,) size of each image's feature payload.
         jpeg_bytes: (I,) size of each image's letterboxed JPEG.
         costs: `ecc_costs` of the model at the evaluation size.
@@ -47,15 +48,19 @@ class RouteCache:
     jpeg_bytes: np.ndarray
     costs: dict[str, Any]
     meta: dict[str, Any]
+    router: np.ndarray | None = None
 
     def save(self, folder: Path) -> None:
         """Write cache.npz and cache.json into `folder`."""
         arrays = {"gate": self.gate, "feature_bytes": self.feature_bytes, "jpeg_bytes": self.jpeg_bytes}
+        if self.router is not None:
+            arrays["router"] = self.router
         for route, dets in self.detections.items():
             arrays[f"{route}_counts"] = np.array([len(d) for d in dets], dtype=np.int64)
             arrays[f"{route}_dets"] = np.concatenate(dets) if dets else np.zeros((0, 6), np.float32)
         np.savez_compressed(folder / "cache.npz", **arrays)
-        (folder / "cache.json").write_text(json.dumps({"costs": self.costs, "meta": self.meta}, indent=1))
+        info = {"costs": self.costs, "meta": self.meta, "routes": list(self.detections)}
+        (folder / "cache.json").write_text(json.dumps(info, indent=1))
 
     @classmethod
     def load(cls, folder: Path) -> RouteCache:
@@ -63,10 +68,11 @@ class RouteCache:
         info = json.loads((folder / "cache.json").read_text())
         with np.load(folder / "cache.npz") as z:
             detections = {}
-            for route in ROUTES:
+            for route in info["routes"]:
                 counts, dets = z[f"{route}_counts"], z[f"{route}_dets"]
                 detections[route] = np.split(dets, np.cumsum(counts)[:-1]) if len(counts) else []
-            return cls(detections, z["gate"], z["feature_bytes"], z["jpeg_bytes"], info["costs"], info["meta"])
+            router = z["router"] if "router" in z else None
+            return cls(detections, z["gate"], z["feature_bytes"], z["jpeg_bytes"], info["costs"], info["meta"], router)
 
 
 def cache_meta(model: ECCModel, dataset: EvalDataset, imgsz: int) -> dict[str, Any]:
@@ -99,10 +105,11 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
     model = model.to(device).eval()
     fingerprint = model.fingerprint()
     letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
-    end2end = {"edge": model.edge.end2end, "adapted": model.cloud.end2end, "cloud": model.cloud.end2end}
-    keep = tuple({*model.adapter_sources, *model.gate_layers})
-    detections: dict[str, list[np.ndarray]] = {r: [] for r in ROUTES}
-    gate, feature_bytes, jpeg_bytes = [], [], []
+    end2end = {"edge": model.edge.end2end, "adapted": model.cloud.end2end, "cloud": model.cloud.end2end,
+               EXTENSION: False}
+    keep = model.device_layers
+    detections: dict[str, list[np.ndarray]] = {r: [] for r in model.routes}
+    gate, router, feature_bytes, jpeg_bytes = [], [], [], []
     starts = range(0, len(dataset), batch)
     bar = TQDM(starts, total=len(starts), desc="running edge, adapted and cloud routes") if progress else starts
     for start in bar:
@@ -114,6 +121,9 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
         edge_out, feats = model.edge_forward(x, keep=keep)
         outputs = {"edge": edge_out, "adapted": model.adapted_tail(model.adapt(feats)), "cloud": model.cloud_forward(x)}
         gate.append(model.gate_scores(feats, edge_out).float().cpu().numpy())
+        if model.extension is not None:
+            outputs[EXTENSION] = model.extension_forward(feats)
+            router.append(model.exit_logits(feats, edge_out).float().cpu().numpy())
         payloads = model.payloads_from_features(feats, (0, 0), (imgsz, imgsz), fingerprint)
         for route, out in outputs.items():
             for det, im in zip(nms.non_max_suppression(out, **EVAL_NMS, end2end=end2end[route]), originals):
@@ -130,4 +140,5 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
         jpeg_bytes=np.array(jpeg_bytes, dtype=np.int64),
         costs=ecc_costs(model, imgsz),
         meta=cache_meta(model, dataset, imgsz),
+        router=np.concatenate(router) if router else None,
     )

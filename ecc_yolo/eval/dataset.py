@@ -62,11 +62,15 @@ def _norm(name: str) -> str:
 
 
 def map_categories(names: dict[int, str], categories: list[dict]) -> dict[int, int]:
-    """Model class index -> COCO category id, matching names (case- and space-insensitive).
+    """Model class index -> COCO category id, matching names (case- and space-insensitive); a model with
+    Ultralytics' placeholder names ("0", "1", ...) and as many classes as the data takes them in category-id order.
 
     Raises:
         DatasetError: when some category of the data has no class of the same name in the model.
     """
+    if names == {i: str(i) for i in range(len(names))} and len(names) == len(categories):
+        # placeholder names (a model built from YAML, never trained): classes are the categories in id order
+        return {i: int(c["id"]) for i, c in enumerate(sorted(categories, key=lambda c: c["id"]))}
     by_name = {_norm(v): int(k) for k, v in names.items()}
     unmatched = [c["name"] for c in categories if _norm(c["name"]) not in by_name]
     if unmatched:

@@ -20,6 +20,7 @@ STYLE = {  # router -> (colour, line style, label)
     "oracle_I": ("tab:orange", ":", "oracle (full cloud)"),
     "random_D": ("tab:blue", "--", "random (adapted)"),
     "random_I": ("tab:orange", "--", "random (full cloud)"),
+    "MEANet": ("tab:green", "-", "MEANet three exits (router)"),
 }
 
 
@@ -56,8 +57,9 @@ def markdown(summary: dict[str, Any]) -> str:
         "| route | mAP50-95 | mAP50 |",
         "|---|---|---|",
     ]
-    for route in ("edge", "adapted", "cloud"):
-        lines.append(f"| {route} | {summary[f'{route}_map']:.3f} | {summary[f'{route}_map50']:.3f} |")
+    for route in ("edge", "extension", "adapted", "cloud"):
+        if f"{route}_map" in summary:
+            lines.append(f"| {route} | {summary[f'{route}_map']:.3f} | {summary[f'{route}_map50']:.3f} |")
     lines += ["", f"Adapted route in the cloud: {summary['adapted_gflops_ratio']:.3f} of the full cloud's GFLOPs.", ""]
     lines += ["| router | AUC / oracle | offload at 99% of cloud | bytes / JPEG at operating point "
               "| device GFLOPs | cloud GFLOPs |", "|---|---|---|---|---|---|"]
@@ -67,10 +69,24 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {name} | {_fmt(summary[f'{key}_auc_vs_oracle'])} | {_fmt(summary[f'{key}_offload_at_99pct_cloud'])} "
             f"| {_fmt(summary[f'{key}_bytes_ratio'])} | {op['device_gflops']:.2f} | {op['cloud_gflops']:.2f} |"
         )
+    if summary.get("meanet"):
+        m = summary["meanet"]
+        own = m["own_decision"]
+        lines += ["", "Three exits (MEANet router, its own decision): "
+                  f"mAP50-95 {own['map']:.3f}, exits main/extension/cloud "
+                  f"{m['exit_shares']['main']:.2f}/{m['exit_shares']['extension']:.2f}/{m['exit_shares']['cloud']:.2f}, "
+                  f"device GFLOPs {own['device_gflops']:.2f}; at equal offload ratio >= ECC_D on "
+                  f"{m['ratios_at_least_ecc_d']:.0%} of the ratios (mean difference {m['mean_gain_over_ecc_d']:+.3f})."]
+        if m.get("confusion"):
+            lines += ["", "| generated difficulty | main | extension | cloud |", "|---|---|---|---|"]
+            lines += [f"| {level} | {c['main']} | {c['extension']} | {c['cloud']} |" for level, c in m["confusion"].items()]
     if summary.get("per_difficulty"):
-        lines += ["", "| difficulty | images | edge | adapted | cloud |", "|---|---|---|---|---|"]
+        has_ext = any("extension" in v for v in summary["per_difficulty"].values())
+        lines += ["", "| difficulty | images | edge | adapted | cloud |" + (" extension |" if has_ext else ""),
+                  "|---|---|---|---|---|" + ("---|" if has_ext else "")]
         for level, v in summary["per_difficulty"].items():
-            lines.append(f"| {level} | {v['images']} | {v['edge']:.3f} | {v['adapted']:.3f} | {v['cloud']:.3f} |")
+            extension = f" | {v['extension']:.3f}" if "extension" in v else ""
+            lines.append(f"| {level} | {v['images']} | {v['edge']:.3f} | {v['adapted']:.3f} | {v['cloud']:.3f}{extension} |")
     lines += ["", "| goal | met |", "|---|---|"]
     lines += [f"| {goal} | {_fmt(met)} |" for goal, met in summary["goals"].items()]
     return "\n".join(lines) + "\n"
@@ -102,6 +118,8 @@ def plot_all(curves: dict[str, list[CurvePoint]], summary: dict[str, Any], folde
     ):
         fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
         for router, (colour, style, label) in STYLE.items():
+            if router not in curves:
+                continue
             pts = curves[router]
             x = [getattr(p, x_key) / (1000 if x_key == "bytes" else 1) for p in pts]
             ax.plot(x, [p.map for p in pts], style, color=colour, label=label, linewidth=1.6)

@@ -9,6 +9,7 @@ Each router ranks frames for offloading and says where an offloaded frame goes:
 | ECC_D+ | the larger predicted gain | the cloud if its predicted gain beats the adapted one by `margin`, else adapted |
 | oracle_I / oracle_D / oracle_D+ | the true gain of each image: how much the dataset's mAP50-95 rises when that image alone is answered by the route | as above, with true gains |
 | random_I / random_D | a random order (mean over seeds) | cloud / adapted |
+| MEANet (multi-exit edges) | the router's probability that a frame is complex | adapted; the others stop at the main exit, or at the extension exit when the router rates them more likely hard than easy |
 
 ECC_A (every frame to the adapted route) is the single point at offload ratio 1 of ECC_D. At offload ratio r a
 router offloads exactly round(r * I) frames. Per point: mean device GFLOPs per frame (edge and gate always, adapter
@@ -25,7 +26,14 @@ import numpy as np
 from ecc_yolo.eval.cache import RouteCache
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.nn.ecc_model import DEFAULT_GAIN_THRESHOLD
-from ecc_yolo.policy import ROUTE_CODES, three_way_priority, three_way_routes, top_share_mask
+from ecc_yolo.policy import (
+    EXIT_CODES,
+    ROUTE_CODES,
+    three_exit_choice,
+    three_way_priority,
+    three_way_routes,
+    top_share_mask,
+)
 
 RATIOS = np.round(np.linspace(0.0, 1.0, 21), 3)
 ARCHITECTURES = {"ECC_I": "cloud", "ECC_D": "adapted", "ECC_D+": "three-way"}
@@ -44,6 +52,7 @@ class CurvePoint:
     bytes: float  # mean bytes sent per frame
     adapted_share: float
     cloud_share: float
+    extension_share: float = 0.0
 
     def row(self) -> dict:
         """As a flat dict (CSV row)."""
@@ -55,7 +64,7 @@ class RouterSweep:
 
     def __init__(self, cache: RouteCache, evaluator: RouteMixEvaluator, margin: float = DEFAULT_GAIN_THRESHOLD,
                  seeds: int = 5):
-        """Prepare true per-image gains for the oracles.
+        """Prepare to score routers (the oracles' true gains are computed on first use).
 
         Args:
             cache: the cached run.
@@ -65,11 +74,22 @@ class RouterSweep:
         """
         self.cache, self.evaluator, self.margin, self.seeds = cache, evaluator, margin, seeds
         self.n = len(cache.gate)
-        self.true_gain = np.stack([evaluator.marginal_gains("adapted"), evaluator.marginal_gains("cloud")], 1)
-        self._codes = {name: evaluator.routes.index(name) for name in ("edge", "adapted", "cloud")}
+        self._true_gain: np.ndarray | None = None
+        self._codes = {name: evaluator.routes.index(name) for name in ROUTE_CODES if name in evaluator.routes}
+        self.multi_exit = "extension" in evaluator.routes and cache.router is not None
+
+    @property
+    def true_gain(self) -> np.ndarray:
+        """(I, 2) each image's true gain from the adapted route and from the cloud (computed once, when needed)."""
+        if self._true_gain is None:
+            ev = self.evaluator
+            self._true_gain = np.stack([ev.marginal_gains("adapted"), ev.marginal_gains("cloud")], 1)
+        return self._true_gain
 
     def _assignment(self, router: str, ratio: float, seed: int = 0) -> np.ndarray:
         """Route code (ROUTE_CODES) of every frame for a router at an offload ratio."""
+        if router == "MEANet":
+            return exits_to_routes(three_exit_choice(self.cache.router, ratio))
         gate, true = self.cache.gate, self.true_gain
         if router.startswith("random"):
             scores = np.random.default_rng(seed).random(self.n)
@@ -90,7 +110,10 @@ class RouterSweep:
 
     def point(self, router: str, assignment: np.ndarray, ratio: float) -> CurvePoint:
         """Score one assignment: pycocotools mAP and mean costs per frame."""
-        to_eval = np.array([self._codes[name] for name in ("edge", "adapted", "cloud")])[assignment]
+        lookup = np.full(len(ROUTE_CODES), -1)
+        for name, code in ROUTE_CODES.items():
+            lookup[code] = self._codes.get(name, -1)
+        to_eval = lookup[assignment]
         ap, ap50 = self.evaluator.map(to_eval)
         return self._with_costs(router, ratio, assignment, ap, ap50)
 
@@ -98,17 +121,22 @@ class RouterSweep:
         c = self.cache.costs
         adapted = assignment == ROUTE_CODES["adapted"]
         cloud = assignment == ROUTE_CODES["cloud"]
+        extension = assignment == ROUTE_CODES["extension"]
         sent = self.cache.feature_bytes[adapted].sum() + self.cache.jpeg_bytes[cloud].sum()
+        device = c["edge_gflops"] + c["gate_gflops"] + adapted.mean() * c["adapter_encoder_gflops"]
+        if router == "MEANet":  # its router runs on every frame, its extension on the frames it stops there
+            device += c["router_gflops"] + extension.mean() * c["extension_gflops"]
         return CurvePoint(
             router=router,
             ratio=float(ratio),
             map=ap,
             map50=ap50,
-            device_gflops=c["edge_gflops"] + c["gate_gflops"] + adapted.mean() * c["adapter_encoder_gflops"],
+            device_gflops=device,
             cloud_gflops=adapted.mean() * c["adapted_cloud_gflops"] + cloud.mean() * c["cloud_gflops"],
             bytes=float(sent / self.n),
             adapted_share=float(adapted.mean()),
             cloud_share=float(cloud.mean()),
+            extension_share=float(extension.mean()),
         )
 
     def curve(self, router: str, ratios: np.ndarray = RATIOS) -> list[CurvePoint]:
@@ -118,7 +146,8 @@ class RouterSweep:
             if router.startswith("random"):
                 runs = [self.point(router, self._assignment(router, ratio, s), ratio) for s in range(self.seeds)]
                 mean = {k: float(np.mean([getattr(p, k) for p in runs])) for k in
-                        ("map", "map50", "device_gflops", "cloud_gflops", "bytes", "adapted_share", "cloud_share")}
+                        ("map", "map50", "device_gflops", "cloud_gflops", "bytes", "adapted_share", "cloud_share",
+                         "extension_share")}
                 points.append(CurvePoint(router=router, ratio=float(ratio), **mean))
             else:
                 points.append(self.point(router, self._assignment(router, ratio), ratio))
@@ -126,11 +155,20 @@ class RouterSweep:
 
     def all_curves(self, ratios: np.ndarray = RATIOS) -> dict[str, list[CurvePoint]]:
         """Every router's curve, plus the single-route points edge, ECC_A and cloud."""
-        curves = {name: self.curve(name, ratios) for name in
-                  ("ECC_D", "ECC_D+", "ECC_I", "oracle_D", "oracle_D+", "oracle_I", "random_D", "random_I")}
+        names = ["ECC_D", "ECC_D+", "ECC_I", "oracle_D", "oracle_D+", "oracle_I", "random_D", "random_I"]
+        curves = {name: self.curve(name, ratios) for name in names + (["MEANet"] if self.multi_exit else [])}
         for name, code, ratio in (("edge", "edge", 0.0), ("ECC_A", "adapted", 1.0), ("cloud", "cloud", 1.0)):
             curves[name] = [self.point(name, np.full(self.n, ROUTE_CODES[code]), ratio)]
         return curves
+
+
+def exits_to_routes(exits: np.ndarray) -> np.ndarray:
+    """A multi-exit edge's exit codes (EXIT_CODES) -> ROUTE_CODES: the cloud exit is the adapted route."""
+    table = np.zeros(len(EXIT_CODES), dtype=np.int64)
+    table[EXIT_CODES["main"]] = ROUTE_CODES["edge"]
+    table[EXIT_CODES["extension"]] = ROUTE_CODES["extension"]
+    table[EXIT_CODES["cloud"]] = ROUTE_CODES["adapted"]
+    return table[np.asarray(exits)]
 
 
 def auc(points: list[CurvePoint]) -> float:

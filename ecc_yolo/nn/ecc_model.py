@@ -30,13 +30,16 @@ from ultralytics.utils.torch_utils import intersect_dicts
 
 from ecc_yolo.codec import FINGERPRINT_BYTES, FeaturePayload, QuantizedTensor
 from ecc_yolo.nn.adapters import Adapter
-from ecc_yolo.nn.gate import OffloadGate
-from ecc_yolo.nn.graph import IMAGE, cut_set, detect_index, execute, layer_geometry
+from ecc_yolo.nn.extension import ExtensionBlock
+from ecc_yolo.nn.gate import ExitRouter, OffloadGate
+from ecc_yolo.nn.graph import IMAGE, cut_set, execute, layer_geometry
 from ecc_yolo.spec import ECCConfigError, ECCSpec, PartSpec, check_geometry, load_spec
 
 ROUTES = ("edge", "cloud", "adapted")
+EXTENSION = "extension"  # the extra route of a multi-exit (MEANet) edge: the extension block's own head
 ALL_ROUTES = "all"  # pseudo-route used by validation: forward returns every route and the gate scores at once
-PARTS = ("edge", "cloud", "adapters", "gate", "adapted_cloud")  # adapted_cloud only with `tail: copy`
+PARTS = ("edge", "cloud", "adapters", "gate", "adapted_cloud", "extension", "router")
+# adapted_cloud exists only with `tail: copy`; extension and router only with an `extension:` block
 DEFAULT_GAIN_THRESHOLD = 0.05  # offload a frame when the gate expects the cloud to raise its AP50-95 by more
 GEOMETRY_IMGSZ = 256  # probe size for strides/channels; any multiple of the max stride gives the same answer
 
@@ -112,7 +115,17 @@ class ECCModel(DetectionModel):
         self.cut_strides = {j: cloud_geometry[j].stride for j in self.cut}
         self.gate_layers = list(spec.gate.layers or self.edge.model[-1].f)
         self.adapted_cloud = tail_copy(self.cloud, spec.entry) if spec.tail == "copy" else None
-        self.gate = OffloadGate([edge_geometry[j].channels for j in self.gate_layers], spec.gate.hidden)
+        gate_channels = [edge_geometry[j].channels for j in self.gate_layers]
+        self.gate = OffloadGate(gate_channels, spec.gate.hidden)
+        self.extension_layers: list[int] = []
+        self.extension = self.router = None
+        if spec.extension is not None:
+            self.extension_layers = list(spec.extension.layers or self.edge.model[-1].f)
+            head = self.edge.model[-1]
+            strides = torch.tensor([float(edge_geometry[j].stride) for j in self.extension_layers])
+            self.extension = ExtensionBlock([edge_geometry[j].channels for j in self.extension_layers], strides,
+                                            edge_nc, spec.extension.depth, spec.extension.channels, head.reg_max)
+            self.router = ExitRouter(gate_channels, spec.gate.hidden)
 
         self.yaml = {**self.spec.to_dict(), "channels": ch, "nc": edge_nc}
         self.names = self._part_names()
@@ -128,6 +141,14 @@ class ECCModel(DetectionModel):
         if verbose:
             self.info()
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, giving checkpoints saved before a part existed the defaults of a cfg without it."""
+        super().__setstate__(state)
+        for name, default in (("adapted_cloud", None), ("extension", None), ("router", None),
+                              ("extension_layers", []), ("frozen", ()), ("gate_threshold", DEFAULT_GAIN_THRESHOLD)):
+            if name not in self.__dict__ and name not in self._modules:
+                setattr(self, name, default)
+
     # -- what Ultralytics sees as "the detector" -------------------------------------------------------------------
     @property
     def model(self) -> nn.Sequential:
@@ -139,9 +160,11 @@ class ECCModel(DetectionModel):
         """Saved-output indices of the active detector."""
         return self._active_detector().save
 
-    def _active_detector(self) -> DetectionModel:
+    def _active_detector(self) -> nn.Module:
         if self.route == "edge":
             return self.edge
+        if self.route == EXTENSION:
+            return self.extension
         if self.route == "adapted" and self.adapted_cloud is not None:
             return self.adapted_cloud
         return self.cloud
@@ -154,10 +177,15 @@ class ECCModel(DetectionModel):
             detectors["adapted_cloud"] = self.adapted_cloud
         return detectors
 
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """The routes this model has: edge, cloud, adapted, and extension for a multi-exit edge."""
+        return (*ROUTES, EXTENSION) if self.extension is not None else ROUTES
+
     def set_route(self, route: str) -> ECCModel:
         """Choose what `forward(img)` runs (a route, or ALL_ROUTES for a dict of every route and the gate)."""
-        if route not in (*ROUTES, ALL_ROUTES):
-            raise ValueError(f"route must be one of {ROUTES}, got '{route}'")
+        if route not in (*self.routes, ALL_ROUTES):
+            raise ValueError(f"route must be one of {self.routes}, got '{route}'")
         self.route = route
         return self
 
@@ -172,9 +200,12 @@ class ECCModel(DetectionModel):
             part.end2end = value
 
     def set_head_attr(self, **kwargs: Any) -> None:
-        """Set attributes (max_det, agnostic_nms, ...) on both Detect heads."""
+        """Set attributes (max_det, agnostic_nms, ...) on every Detect head."""
         for part in self.parts.values():
             part.set_head_attr(**kwargs)
+        if self.extension is not None:
+            for k, v in kwargs.items():
+                setattr(self.extension.model[-1], k, v)
 
     def freeze(self, parts: tuple[str, ...]) -> None:
         """Keep `parts` (names from PARTS) fixed: no gradients, and in eval mode even while the model trains."""
@@ -232,6 +263,19 @@ class ECCModel(DetectionModel):
         """Full edge detector; also returns the edge outputs listed in `keep`."""
         return execute(self.edge, {IMAGE: img}, keep=keep)
 
+    @property
+    def device_layers(self) -> tuple[int, ...]:
+        """Edge outputs the device keeps from the edge pass: adapter sources, gate inputs, extension inputs."""
+        return tuple({*self.adapter_sources, *self.gate_layers, *self.extension_layers})
+
+    def extension_forward(self, feats: dict[int, torch.Tensor]) -> Any:
+        """The extension exit's head output from the edge feature maps (requires an extension block)."""
+        return self.extension([feats[j] for j in self.extension_layers])
+
+    def exit_logits(self, feats: dict[int, torch.Tensor], edge_output: Any) -> torch.Tensor:
+        """The router's (B, 3) logits over the exits main / extension / cloud (requires an extension block)."""
+        return self.router([feats[j] for j in self.gate_layers], edge_output)
+
     def edge_features(self, img: torch.Tensor) -> dict[int, torch.Tensor]:
         """Edge outputs the adapters need, running the edge only as far as necessary."""
         sources = self.adapter_sources
@@ -283,23 +327,34 @@ class ECCModel(DetectionModel):
         ]
         return torch.stack(terms).mean()
 
-    def run_routes(self, img: torch.Tensor, routes: tuple[str, ...] = ROUTES, gate: bool = True) -> dict[str, Any]:
+    def run_routes(self, img: torch.Tensor, routes: tuple[str, ...] | None = None, gate: bool = True) -> dict[str, Any]:
         """Run several routes on one batch, sharing the edge pass (and the cloud head, for the feature distance).
 
+        Args:
+            img: (B, 3, H, W) network input.
+            routes: routes to run (default: all of this model's).
+            gate: also return the gate's (and, with an extension block, the router's) outputs.
+
         Returns:
-            dict with an entry per requested route (the Detect head output), "gate": (B, 2) predicted gains if
-            `gate`, and "feat": the feature-matching loss of the batch when both "adapted" and "cloud" ran.
+            dict with an entry per requested route (the Detect head output), "gate": (B, 2) predicted gains and,
+            with an extension block, "router": (B, 3) exit logits if `gate`, and "feat": the feature-matching loss
+            of the batch when both "adapted" and "cloud" ran.
         """
-        unknown = set(routes) - set(ROUTES)
+        routes = self.routes if routes is None else routes
+        unknown = set(routes) - set(self.routes)
         if unknown:
-            raise ValueError(f"unknown routes {sorted(unknown)}; valid: {ROUTES}")
+            raise ValueError(f"unknown routes {sorted(unknown)}; valid: {self.routes}")
         out: dict[str, Any] = {}
-        if "edge" in routes or gate:
-            edge_out, feats = self.edge_forward(img, keep=tuple({*self.adapter_sources, *self.gate_layers}))
+        if "edge" in routes or EXTENSION in routes or gate:
+            edge_out, feats = self.edge_forward(img, keep=self.device_layers)
             if "edge" in routes:
                 out["edge"] = edge_out
+            if EXTENSION in routes:
+                out[EXTENSION] = self.extension_forward(feats)
             if gate:
                 out["gate"] = self.gate_scores(feats, edge_out)
+                if self.router is not None:
+                    out["router"] = self.exit_logits(feats, edge_out)
         elif "adapted" in routes:
             feats = self.edge_features(img)
         if "adapted" in routes:
@@ -316,6 +371,8 @@ class ECCModel(DetectionModel):
         """Run the active route (Ultralytics' predict/validate entry point)."""
         if self.route == ALL_ROUTES:
             return self.run_routes(x)
+        if self.route == EXTENSION:
+            return self.extension_forward(self.edge_forward(x, keep=tuple(self.extension_layers))[1])
         if self.route == "edge":
             return self.edge_forward(x)[0]
         if self.route == "cloud":
@@ -427,7 +484,8 @@ class ECCModel(DetectionModel):
             from ultralytics.nn.modules import Conv
             from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
-            for m in self.adapters.modules():
+            blocks = [self.adapters] + ([self.extension] if self.extension is not None else [])
+            for m in (m for block in blocks for m in block.modules()):
                 if isinstance(m, Conv) and hasattr(m, "bn"):
                     m.conv = fuse_conv_and_bn(m.conv, m.bn)
                     delattr(m, "bn")
@@ -447,6 +505,8 @@ class ECCModel(DetectionModel):
         if self.adapted_cloud is not None and getattr(model, "adapted_cloud", None) is None:
             # weights from a model without a tail copy: the copy starts as the loaded cloud's tail
             self.adapted_cloud.load_state_dict(self.cloud.state_dict(), strict=False)
+        if self.names == {i: str(i) for i in range(self.nc)} and len(model.names) == self.nc:
+            self.names = dict(model.names)  # a YAML-built model takes the names its weights came with
         if verbose:
             LOGGER.info(f"Transferred {len(csd)}/{len(self.state_dict())} items from pretrained ECC weights")
 

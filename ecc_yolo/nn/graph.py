@@ -39,11 +39,6 @@ def cut_set(model: nn.Module, entry: int) -> list[int]:
     return sorted({j for m in layers[entry:] for j in layer_sources(m) if j < entry})
 
 
-def detect_index(model: nn.Module) -> int:
-    """Index of the model's last layer (its Detect head)."""
-    return len(model.model) - 1
-
-
 def execute(
     model: nn.Module,
     inputs: dict[int, torch.Tensor],

@@ -8,16 +8,21 @@ At most `max_inflight` offloads are outstanding; a frame whose answer has not co
 or whose request failed, gets its edge detections (route "fallback") and the link backs off and probes until the
 server is back (`link.CloudLink`). Frames are never dropped or reordered by the client.
 
-Each emitted `Results` carries `.route` (edge | cloud | adapted | fallback) and `.record` (its JSON line).
+On a multi-exit (MEANet) edge with route=auto the exit router decides instead: the main exit (route "edge"), the
+extension exit run on the device (route "extension"), or the cloud; with budget= the budget thresholds the router's
+probability that the frame is complex.
+
+Each emitted `Results` carries `.route` (edge | extension | cloud | adapted | fallback) and `.record` (its JSON
+line).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
-from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,20 +35,33 @@ from ultralytics.engine.results import Results
 from ultralytics.utils import LOGGER, TQDM, nms, ops
 
 from ecc_yolo.codec import encode_features, encode_jpeg
+from ecc_yolo.edge import EdgeOutputs, EdgeRuntime, TorchEdge, load_edge
 from ecc_yolo.nn.ecc_model import ECCModel
-from ecc_yolo.policy import Budget, BudgetController, offload_mask
+from ecc_yolo.policy import (
+    EXIT_CODES,
+    Budget,
+    BudgetController,
+    exit_probabilities,
+    offload_mask,
+)
 from ecc_yolo.serve.engine import input_shape_for, input_tensor
 from ecc_yolo.serve.link import CloudLink, ModelMismatchError, OffloadError
-from ecc_yolo.serve.protocol import FEATURES_PATH, IMAGE_PATH, TOKEN_ENV, detections_array
+from ecc_yolo.serve.protocol import (
+    FEATURES_PATH,
+    IMAGE_PATH,
+    TOKEN_ENV,
+    detections_array,
+)
 
 ROUTE_PATHS = {"adapted": FEATURES_PATH, "cloud": IMAGE_PATH}
+DEVICE_ROUTES = ("edge", "extension")  # answered on the device: no server needed
 
 
 @dataclass(frozen=True)
 class StreamSettings:
     """How the client answers frames; from a validated argument namespace (`from_args`)."""
 
-    route: str = "auto"  # auto | edge | cloud | adapted
+    route: str = "auto"  # auto | edge | cloud | adapted | extension
     imgsz: tuple[int, int] = (640, 640)  # network input (h, w), pixels
     conf: float = 0.25
     iou: float = 0.7
@@ -96,32 +114,31 @@ class _Frame:
 class EdgeStreamClient:
     """Streams frames through the edge model, offloading chosen frames to a cloud server."""
 
-    def __init__(self, model: ECCModel, settings: StreamSettings, device: torch.device | str = "cpu",
+    def __init__(self, model: ECCModel | EdgeRuntime, settings: StreamSettings, device: torch.device | str = "cpu",
                  link: CloudLink | None = None) -> None:
         """Args:
-        model: the ECC model (the server must hold the same checkpoint; fingerprint taken before fusing).
+        model: the ECC model, or an edge runtime (e.g. an exported ONNX edge, `ecc_yolo.edge.OnnxEdge`); the server
+            must hold the same checkpoint (their fingerprints are compared).
         settings: routing, NMS and network settings.
         device: torch device for the edge.
-        link: connection to the server (default: one to settings.cloud unless route=edge).
+        link: connection to the server (default: one to settings.cloud unless the route stays on the device).
         """
-        if settings.route != "edge" and not settings.cloud and link is None:
+        if settings.route not in DEVICE_ROUTES and not settings.cloud and link is None:
             raise ValueError(f"route={settings.route} needs cloud=<server URL> (or route=edge)")
-        self.fingerprint = model.fingerprint()  # hashes every weight: once, before fusing changes the state dict
-        self.model = deepcopy(model).to(device).float().eval()  # a copy: fusing must not change the caller's model
-        self.model.edge.fuse(verbose=False)
+        self.edge = model if isinstance(model, EdgeRuntime) else TorchEdge(model, device)
+        self.fingerprint = self.edge.fingerprint
         self.device, self.settings = torch.device(device), settings
-        self.names = {int(k): str(v) for k, v in self.model.names.items()}
-        stride = int(self.model.stride.max())
+        self.names = self.edge.names
+        self.multi_exit = self.edge.multi_exit
+        if settings.route == "extension" and not self.multi_exit:
+            raise ValueError("route=extension needs a model with an extension block (cfg `extension:`)")
         # Square letterbox (predict's, without its minimal-rectangle option): payloads of one size batch on the server.
-        self._letterbox = LetterBox(settings.imgsz, auto=False, stride=stride)
-        route = settings.route
-        self._keep = tuple({*self.model.adapter_sources, *(self.model.gate_layers if route == "auto" else ())}) \
-            if route in ("auto", "adapted") else ()
+        self._letterbox = LetterBox(settings.imgsz, auto=False, stride=self.edge.stride)
         self._nms = {"conf_thres": settings.conf, "iou_thres": settings.iou, "classes": settings.classes,
                      "agnostic": settings.agnostic_nms, "max_det": settings.max_det,
-                     "end2end": bool(getattr(self.model.edge, "end2end", False))}
+                     "end2end": self.edge.edge_end2end}
         self.link = link
-        if self.link is None and route != "edge":
+        if self.link is None and settings.route not in DEVICE_ROUTES:
             self.link = CloudLink(settings.cloud, self.fingerprint, self.names, token=settings.token,
                                   timeout=settings.timeout, max_inflight=settings.max_inflight,
                                   backoff=settings.backoff)
@@ -156,7 +173,9 @@ class EdgeStreamClient:
         self.dataset = dataset
         self.fps = fps = self._fps(dataset)
         if self.settings.budget is not None and self.settings.route == "auto":
-            self.controller = BudgetController(self.settings.budget, threshold=self.model.gate_threshold, fps=fps)
+            # the score the budget thresholds: the gate's predicted gain, or a multi-exit router's P(complex)
+            start = 0.5 if self.multi_exit else self.edge.gate_threshold
+            self.controller = BudgetController(self.settings.budget, threshold=start, fps=fps)
         total = getattr(dataset, "frames", None) if getattr(dataset, "mode", "") == "video" else None
         bar = TQDM(total=total, desc="detect", unit="frame", disable=not progress)
         pending: deque[_Frame] = deque()
@@ -193,21 +212,34 @@ class EdgeStreamClient:
         time_s = (dataset.frame - 1) * getattr(dataset, "vid_stride", 1) / fps if video else None
         letterboxed = self._letterbox(image=image)
         x = input_tensor([letterboxed], self.device)
-        edge_out, feats = self.model.edge_forward(x, keep=self._keep)
-        det = nms.non_max_suppression(edge_out, **self._nms)[0][:, :6].float()
-        det[:, :4] = ops.scale_boxes(x.shape[2:], det[:, :4], image.shape[:2])
-        frame = _Frame(index, str(path), image, letterboxed.shape[:2], det.cpu().numpy(), "edge", t0, wall, time_s)
-
         route = self.settings.route
+        outputs = self.edge.run(x, need_latents=route in ("auto", "adapted"))
+        det = self._detections(outputs.edge, self.edge.edge_end2end, x, image)
+        frame = _Frame(index, str(path), image, letterboxed.shape[:2], det, "edge", t0, wall, time_s)
+
         if route == "edge":
             return frame
+        if route == "extension":
+            return self._answer_on_extension(frame, outputs, x, image)
         available = self.link.available()
         if route == "auto":
-            frame.gain = float(self.model.gate_scores(feats, edge_out)[0, 0])
-            if self.controller is not None:
-                wanted = self.controller.decide(frame.gain)
+            if self.multi_exit:  # the router picks main, extension or cloud; main and extension stay on the device
+                p = exit_probabilities(outputs.router)[0]
+                frame.gain = float(p[EXIT_CODES["cloud"]])
+                if self.controller is not None:
+                    wanted = self.controller.decide(frame.gain)
+                else:
+                    wanted = int(p.argmax()) == EXIT_CODES["cloud"]
+                if not wanted and p[EXIT_CODES["extension"]] > p[EXIT_CODES["main"]]:
+                    if self.controller is not None:
+                        self.controller.record(False, 0)
+                    return self._answer_on_extension(frame, outputs, x, image)
             else:
-                wanted = bool(offload_mask(np.array([frame.gain]), self.model.gate_threshold)[0])
+                frame.gain = float(outputs.gate[0, 0])
+                if self.controller is not None:
+                    wanted = self.controller.decide(frame.gain)
+                else:
+                    wanted = bool(offload_mask(np.array([frame.gain]), self.edge.gate_threshold)[0])
             target = "adapted"
         else:
             wanted, target = True, route
@@ -216,9 +248,7 @@ class EdgeStreamClient:
             self.errors["cloud_unavailable"] += 1
         elif wanted:
             if target == "adapted":
-                payload = self.model.payloads_from_features(feats, image.shape[:2], tuple(x.shape[2:]),
-                                                            fingerprint=self.fingerprint)[0]
-                body = encode_features(payload)
+                body = encode_features(self.edge.payloads(outputs, image.shape[:2], tuple(x.shape[2:]))[0])
             else:
                 body = encode_jpeg(letterboxed, self.settings.jpeg_quality)
             frame.route, frame.bytes_sent = target, len(body)
@@ -228,6 +258,18 @@ class EdgeStreamClient:
             frame.deadline = time.perf_counter() + self.settings.timeout
         if self.controller is not None and available:  # while the cloud is down the budget neither fills nor drains
             self.controller.record(frame.future is not None, frame.bytes_sent)
+        return frame
+
+    def _detections(self, decoded: torch.Tensor, end2end: bool, x: torch.Tensor, image: np.ndarray) -> np.ndarray:
+        """NMS of one frame's decoded predictions, boxes scaled to the original frame's pixels."""
+        det = nms.non_max_suppression(decoded, **{**self._nms, "end2end": end2end})[0][:, :6].float()
+        det[:, :4] = ops.scale_boxes(x.shape[2:], det[:, :4], image.shape[:2])
+        return det.cpu().numpy()
+
+    def _answer_on_extension(self, frame: _Frame, outputs: EdgeOutputs, x: torch.Tensor, image: np.ndarray) -> _Frame:
+        """Answer a frame with a multi-exit edge's extension exit, on the device (nothing is sent)."""
+        decoded = self.edge.extension(outputs, torch.tensor([0]))
+        frame.edge_det, frame.route = self._detections(decoded, False, x, image), "extension"
         return frame
 
     def _emit(self, pending: deque[_Frame], final: bool) -> Iterator[Results]:
@@ -295,7 +337,7 @@ class EdgeStreamClient:
             "seconds": round(seconds, 3),
             "fps": round(n / seconds, 2) if seconds > 0 else 0.0,
             "route": self.settings.route,
-            "routes": {r: self.stats[r] for r in ("edge", "adapted", "cloud", "fallback")},
+            "routes": {r: self.stats[r] for r in ("edge", "extension", "adapted", "cloud", "fallback")},
             "offload_ratio": round(self.stats["sent"] / n, 4) if n else 0.0,
             "cloud_answered_ratio": round((self.stats["adapted"] + self.stats["cloud"]) / n, 4) if n else 0.0,
             "bytes_sent": self.stats["bytes"],
@@ -329,7 +371,8 @@ def detect(args: Any, model: ECCModel | None = None) -> dict[str, Any]:
     Args:
         args: validated arguments (`ecc_yolo.args.get_args`), or a dict of overrides to validate, e.g.
             `{"model": "ecc.pt", "source": "video.mp4", "cloud": "http://127.0.0.1:8000", "route": "auto"}`.
-        model: the ECC model to use instead of loading args.model.
+        model: the ECC model to use instead of loading args.model (a checkpoint, zoo name, or an exported .onnx
+            edge from `ecc-yolo export`).
 
     Raises:
         ModelMismatchError: the server holds another model, or a smaller input size.
@@ -339,7 +382,6 @@ def detect(args: Any, model: ECCModel | None = None) -> dict[str, Any]:
     from ultralytics.utils.checks import check_imshow
     from ultralytics.utils.torch_utils import select_device
 
-    from ecc_yolo.checkpoint import load_ecc
     from ecc_yolo.serve.outputs import StreamOutputs
 
     if isinstance(args, dict):
@@ -347,10 +389,14 @@ def detect(args: Any, model: ECCModel | None = None) -> dict[str, Any]:
 
         args = get_args({"project": default_project(), "name": "detect", **args})
 
-    if model is None:
-        model, _ = load_ecc(args.model)
     device = select_device(args.device, verbose=False)
-    client = EdgeStreamClient(model, StreamSettings.from_args(args, int(model.stride.max())), device=device)
+    edge = load_edge(model if model is not None else args.model, device)
+    settings = StreamSettings.from_args(args, edge.stride)
+    fixed = getattr(edge, "imgsz", None)  # an exported graph has a fixed input size
+    if fixed is not None and settings.imgsz != (fixed, fixed):
+        LOGGER.info(f"detect: {args.model} was exported at imgsz={fixed}; using it")
+        settings = dataclasses.replace(settings, imgsz=(fixed, fixed))
+    client = EdgeStreamClient(edge, settings, device=device)
     save_dir = get_save_dir(args) if args.save else None
     show = bool(args.show) and check_imshow(warn=True)  # no window on a headless machine, as in predict
     outputs = StreamOutputs(save_dir, save=bool(args.save), show=show,
@@ -380,4 +426,4 @@ def detect(args: Any, model: ECCModel | None = None) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["EdgeStreamClient", "StreamSettings", "ModelMismatchError", "detect", "format_summary"]
+__all__ = ["EdgeStreamClient", "ModelMismatchError", "StreamSettings", "detect", "format_summary"]
