@@ -25,7 +25,6 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 ZOO_MODEL = "ecc-synth-n-s"
 PRESET_SEED = 4242  # never used to generate training data (tools/train_zoo.py trains on seed 0, holds out 12345)
 PRESET_IMAGES = 500
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             ecc = ECC(opt.model or ZOO_MODEL)
         stem = Path(str(data)).parent.name if str(data).endswith((".yaml", ".yml")) else Path(str(data)).name
-        out = Path(opt.out or REPO / "runs" / "bench" / f"{ecc.model.spec.name}-{stem}")
+        out = Path(opt.out or Path.cwd() / "runs" / "bench" / f"{ecc.model.spec.name}-{stem}")
         summary = evaluate(ecc.model, data, out, imgsz=imgsz, batch=opt.batch, device=opt.device,
                            max_images=opt.max_images, target=opt.target, plots=not opt.no_plots)
     except (DatasetError, FileNotFoundError) as e:  # includes a zoo model this build does not ship
