@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ecc_yolo import __version__
@@ -16,6 +16,8 @@ HELP = f"""ecc-yolo {__version__}: edge-cloud collaborative object detection for
 Usage: ecc-yolo MODE key=value ...
 
 Modes:
+  demo     the whole product on the built-in synthetic data: benchmark, cloud server, stream client (offline)
+             ecc-yolo demo            (train=True adds a short adapter and gate fine-tune)
   info     costs of an ECC model: GFLOPs per part, payload bytes, parameters
              ecc-yolo info model=cfg/ecc-yolo11n-l.yaml imgsz=640 format=json
   synth    write the synthetic, difficulty-controlled dataset (and a video)
@@ -60,11 +62,9 @@ def parse_pairs(tokens: list[str]) -> dict[str, Any]:
 
 def run_info(args: dict[str, Any]) -> None:
     """`ecc-yolo info`: print the cost summary (text, or one JSON object with format=json)."""
-    from ecc_yolo.args import check_ecc_values, check_keys
     from ecc_yolo.engine.model import ECC, format_costs
 
-    check_keys(args)
-    check_ecc_values(args)
+    _checked(args)
     fmt = args.get("format", "text")
     if fmt not in ("text", "json"):
         raise UsageError(f"info format must be text or json, got '{fmt}'")
@@ -90,12 +90,18 @@ def _model_and_args(args: dict[str, Any], default: str = "ecc-yolo11n-l.yaml"):
     return ECC(model, **parts), args
 
 
-def run_train(args: dict[str, Any]) -> None:
-    """`ecc-yolo train`: one training stage (Ultralytics' trainer with ecc-yolo's stages)."""
+def _checked(args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments, after refusing unknown keys and bad ecc-yolo values."""
     from ecc_yolo.args import check_ecc_values, check_keys
 
     check_keys(args)
     check_ecc_values(args)
+    return args
+
+
+def run_train(args: dict[str, Any]) -> None:
+    """`ecc-yolo train`: one training stage (Ultralytics' trainer with ecc-yolo's stages)."""
+    _checked(args)
     if "data" not in args and not args.get("resume"):
         raise UsageError("train needs data=<data.yaml> (e.g. one written by `ecc-yolo synth`)")
     if args.get("resume") not in (None, False, True):  # resume=path/to/last.pt
@@ -105,11 +111,8 @@ def run_train(args: dict[str, Any]) -> None:
 
 
 def run_val(args: dict[str, Any]) -> None:
-    """`ecc-yolo val`: mAP of every route and of the offload decision."""
-    from ecc_yolo.args import check_ecc_values, check_keys
-
-    check_keys(args)
-    check_ecc_values(args)
+    """`ecc-yolo val`: the benchmark, every route and every router (ecc_yolo/eval/benchmark.py)."""
+    _checked(args)
     if "data" not in args:
         raise UsageError("val needs data=<data.yaml>")
     ecc, rest = _model_and_args(args)
@@ -118,10 +121,7 @@ def run_val(args: dict[str, Any]) -> None:
 
 def run_predict(args: dict[str, Any]) -> None:
     """`ecc-yolo predict`: Ultralytics' predict through one route (route=auto lets the gate choose)."""
-    from ecc_yolo.args import check_ecc_values, check_keys
-
-    check_keys(args)
-    check_ecc_values(args)
+    _checked(args)
     if "source" not in args:
         raise UsageError("predict needs source=<image, folder or video>")
     ecc, rest = _model_and_args(args)
@@ -129,14 +129,18 @@ def run_predict(args: dict[str, Any]) -> None:
 
 
 def _serving_args(args: dict[str, Any], mode: str) -> Any:
-    """Validated arguments of serve/detect, which need a trained ECC checkpoint (model=...pt)."""
-    from ecc_yolo.args import check_ecc_values, check_keys, get_args
+    """Validated arguments of serve/detect: they need a trained ECC checkpoint or zoo name (detect also takes the
+    edge's ONNX export)."""
+    from ecc_yolo import zoo
+    from ecc_yolo.args import get_args
 
-    check_keys(args)
-    check_ecc_values(args)
+    _checked(args)
     model = str(args.get("model", ""))
-    if not model.endswith(".pt"):
-        raise UsageError(f"{mode} needs model=<ECC checkpoint .pt> (the edge and the cloud must hold the same one)")
+    suffixes = (".pt", ".onnx") if mode == "detect" else (".pt",)
+    if not (model.endswith(suffixes) or zoo.is_zoo_name(model)):
+        what = "an ECC checkpoint (.pt), a zoo name or an edge export (.onnx)" if mode == "detect" else \
+            "an ECC checkpoint (.pt) or a zoo name"
+        raise UsageError(f"{mode} needs model=<{what}> (the edge and the cloud must hold the same model)")
     return get_args(args)
 
 
@@ -194,10 +198,9 @@ def run_synth(args: dict[str, Any]) -> None:
 
 def run_export(args: dict[str, Any]) -> None:
     """`ecc-yolo export format=onnx`: the device's graph (edge detector, gate, adapter encoders) for edge runtimes."""
-    from ecc_yolo.args import check_keys
     from ecc_yolo.edge import export_edge_onnx
 
-    check_keys(args)
+    _checked(args)
     fmt = args.get("format", "onnx")
     if fmt != "onnx":
         raise UsageError(f"export supports format=onnx (the edge part), got '{fmt}'")
@@ -211,6 +214,20 @@ def run_export(args: dict[str, Any]) -> None:
     print(f"edge export: {export_edge_onnx(model, out, imgsz)}")
 
 
+def run_demo_mode(args: dict[str, Any]) -> None:
+    """`ecc-yolo demo`: data, benchmark, cloud server and stream client, on the synthetic data (ecc_yolo/demo.py)."""
+    from ecc_yolo.demo import run_demo
+
+    allowed = {"model", "train", "project", "name", "device"}
+    unknown = set(args) - allowed
+    if unknown:
+        raise UsageError(f"demo does not take {sorted(unknown)}; it takes {sorted(allowed)}")
+    if not isinstance(args.get("train", False), bool):
+        raise UsageError(f"train must be True or False, got {args['train']!r}")
+    run_demo(model=args.get("model"), train=args.get("train", False), project=args.get("project"),
+             name=args.get("name", "demo"), device=str(args.get("device", "cpu")))
+
+
 MODES: dict[str, Callable[[dict[str, Any]], None]] = {
     "info": run_info,
     "synth": run_synth,
@@ -218,6 +235,7 @@ MODES: dict[str, Callable[[dict[str, Any]], None]] = {
     "val": run_val,
     "predict": run_predict,
     "export": run_export,
+    "demo": run_demo_mode,
     "serve": run_serve,
     "detect": run_detect,
 }

@@ -10,6 +10,7 @@ Both quantise latents with the same code (`ecc_yolo.nn.adapters.quantize`), so a
 
 from __future__ import annotations
 
+import importlib
 import json
 from copy import deepcopy
 from dataclasses import dataclass
@@ -132,6 +133,16 @@ class _EdgeGraph(nn.Module):
         return tuple(outputs)
 
 
+def _optional(module: str) -> Any:
+    """Import a package of the `export` extra, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            f"'{module}' is needed for ONNX edge graphs: pip install \"ecc-yolo[export]\" (or -e \".[export]\")"
+        ) from e
+
+
 def export_edge_onnx(model: ECCModel, path: str | Path, imgsz: int = 640, opset: int = 17) -> Path:
     """Write the device's graph (edge detector, gate, router and extension exit if any, adapter encoders) to ONNX,
     with the edge's description (names, stride, fingerprint, bits, gate threshold, output names) in its metadata.
@@ -142,8 +153,7 @@ def export_edge_onnx(model: ECCModel, path: str | Path, imgsz: int = 640, opset:
         imgsz: square network input size the graph is fixed to (pixels).
         opset: ONNX opset.
     """
-    import onnx
-
+    onnx = _optional("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = model.fingerprint()
@@ -180,8 +190,7 @@ class OnnxEdge(EdgeRuntime):
 
     def __init__(self, path: str | Path):
         """Load the graph and its description; refuse an ONNX file that ecc-yolo did not export."""
-        import onnxruntime as ort
-
+        ort = _optional("onnxruntime")
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:

@@ -176,12 +176,7 @@ def parse_spec(data: dict[str, Any], source: str = "<dict>") -> ECCSpec:
     if not _is_int(entry) or entry < 1:
         fail("entry", f"must be a positive layer index, got {entry!r}")
 
-    defaults = data.get("adapter") or {}
-    if not isinstance(defaults, dict):
-        fail("adapter", f"must be a mapping of adapter defaults, got {type(defaults).__name__}")
-    bad = set(defaults) - ADAPTER_DEFAULT_KEYS
-    if bad:
-        fail(f"adapter.{sorted(bad)[0]}", f"unknown key (valid: {', '.join(sorted(ADAPTER_DEFAULT_KEYS))})")
+    defaults = _mapping(data.get("adapter"), "adapter", ADAPTER_DEFAULT_KEYS, fail)
     raw_adapters = data["adapters"]
     if not isinstance(raw_adapters, list) or not raw_adapters:
         fail("adapters", "must be a non-empty list with one entry per cloud cut tensor")
@@ -195,12 +190,7 @@ def parse_spec(data: dict[str, Any], source: str = "<dict>") -> ECCSpec:
             fail(f"adapters[{i}].cloud", f"cloud layer {a.cloud} already has an adapter (adapters[{seen[a.cloud]}])")
         seen[a.cloud] = i
 
-    gate_raw = data.get("gate") or {}
-    if not isinstance(gate_raw, dict):
-        fail("gate", f"must be a mapping, got {type(gate_raw).__name__}")
-    bad = set(gate_raw) - GATE_KEYS
-    if bad:
-        fail(f"gate.{sorted(bad)[0]}", f"unknown key (valid: {', '.join(sorted(GATE_KEYS))})")
+    gate_raw = _mapping(data.get("gate"), "gate", GATE_KEYS, fail)
     hidden = gate_raw.get("hidden", GateSpec.hidden)
     if not _is_int(hidden) or hidden < 1:
         fail("gate.hidden", f"must be a positive integer, got {hidden!r}")
@@ -279,6 +269,17 @@ def check_geometry(spec: ECCSpec, edge_geometry: list, cloud_geometry: list, clo
             fail("extension.layers", f"layers must have distinct, increasing strides (like a Detect head's), got {strides}")
 
 
+def _mapping(value: Any, where: str, keys: set[str], fail) -> dict:
+    """A cfg section that must be a mapping with only `keys` (None reads as empty)."""
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        fail(where, f"must be a mapping ({', '.join(sorted(keys))}), got {type(value).__name__}")
+    bad = set(value) - keys
+    if bad:
+        fail(f"{where}.{sorted(bad)[0]}", f"unknown key (valid: {', '.join(sorted(keys))})")
+    return value
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -302,7 +303,9 @@ def _parse_part(value: Any, key: str, fail) -> PartSpec:
         if scale is not None:
             fail(f"{key}.scale", "cannot rescale a .pt checkpoint")
         if not Path(name).is_file():
-            fail(key, f"checkpoint '{name}' not found (ecc-yolo never downloads weights at run time)")
+            name = _official_weights(name) or fail(
+                key, f"checkpoint '{name}' not found (only official Ultralytics names such as yolo11n.pt are "
+                     f"downloaded, and only when online)")
         from ultralytics.nn.tasks import load_checkpoint
 
         model, _ = load_checkpoint(name)
@@ -336,11 +339,7 @@ def _parse_extension(raw: Any, fail) -> ExtensionSpec | None:
     """The optional `extension:` block."""
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        fail("extension", f"must be a mapping (depth, channels, layers), got {type(raw).__name__}")
-    bad = set(raw) - EXTENSION_KEYS
-    if bad:
-        fail(f"extension.{sorted(bad)[0]}", f"unknown key (valid: {', '.join(sorted(EXTENSION_KEYS))})")
+    raw = _mapping(raw, "extension", EXTENSION_KEYS, fail)
     depth = raw.get("depth", ExtensionSpec.depth)
     channels = raw.get("channels", ExtensionSpec.channels)
     layers = raw.get("layers")
@@ -352,12 +351,22 @@ def _parse_extension(raw: Any, fail) -> ExtensionSpec | None:
     return ExtensionSpec(depth=depth, channels=channels, layers=tuple(layers) if layers else None)
 
 
+def _official_weights(name: str) -> str | None:
+    """Download an official Ultralytics checkpoint named without a folder (e.g. yolo11n.pt), as `yolo` does; None
+    if it is not one, or the download fails (offline)."""
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
+
+    if Path(name).name != name or name not in GITHUB_ASSETS_NAMES:
+        return None
+    try:
+        path = attempt_download_asset(name)
+    except Exception:  # any network failure means: not available here
+        return None
+    return str(path) if Path(path).is_file() else None
+
+
 def _parse_adapter(a: Any, where: str, fail) -> AdapterSpec:
-    if not isinstance(a, dict):
-        fail(where, f"must be a mapping, got {type(a).__name__}")
-    bad = set(a) - ADAPTER_KEYS
-    if bad:
-        fail(f"{where}.{sorted(bad)[0]}", f"unknown key (valid: {', '.join(sorted(ADAPTER_KEYS))})")
+    a = _mapping(a, where, ADAPTER_KEYS, fail)
     for key in ("cloud", "edge"):
         if key not in a:
             fail(f"{where}.{key}", "is required")

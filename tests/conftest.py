@@ -16,6 +16,123 @@ SHIPPED_CFGS = sorted(CFG_DIR.glob("ecc-*.yaml"))
 TINY_CFGS = [p for p in SHIPPED_CFGS if p.name.startswith("ecc-tiny-")]
 
 
+def bash_blocks(markdown: Path) -> list[str]:
+    """Every command line of the ```bash blocks of a markdown file, in order."""
+    import re
+
+    blocks = re.findall(r"```bash\n(.*?)```", markdown.read_text(), flags=re.S)
+    return [line for block in blocks for line in block.strip().splitlines() if line.strip()]
+
+
+def user_env() -> dict[str, str]:
+    """The environment of a user who installed ecc-yolo with this interpreter: `ecc-yolo` on PATH, offline."""
+    import sys
+
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "YOLO_OFFLINE": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def run_as_user(command: str, cwd: Path):
+    """Run a documented command line with bash in `cwd`, as a user would type it; returns the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=user_env(), capture_output=True, text=True)
+
+
+SHARED_ENV = "ECC_YOLO_TEST_SHARED"  # a folder all pytest-xdist workers of one run share (set by the controller)
+
+
+class TinyZooJob:
+    """`tools/train_zoo.py --tiny` (minutes of CPU), run once per test run, in the background from the end of
+    collection, so the other tests run meanwhile; the tests that use it run last and wait for it. Every process of
+    the run (pytest-xdist workers included) sees it through files in the shared folder."""
+
+    def __init__(self, root: Path):
+        self.out, self.log = root / "tiny-zoo", root / "tiny-zoo.log"
+        self.pid_file, self.rc_file = root / "tiny-zoo.pid", root / "tiny-zoo.rc"
+
+    def start(self) -> None:
+        """Start the training unless a process of this run already has."""
+        import subprocess
+        import sys
+
+        try:
+            os.close(os.open(self.pid_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        train = f'"{sys.executable}" "{REPO / "tools" / "train_zoo.py"}" --tiny --out "{self.out}"'
+        rc_tmp = f"{self.rc_file}.tmp"
+        proc = subprocess.Popen(["bash", "-c", f'{train} > "{self.log}" 2>&1; echo $? > "{rc_tmp}"; mv "{rc_tmp}" '
+                                 f'"{self.rc_file}"'], cwd=REPO, env={**os.environ, "YOLO_OFFLINE": "1"},
+                                start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+
+    def wait(self, timeout_s: float = 3600) -> Path:
+        """The trained zoo's folder, once the training has finished; raises with its log if it failed."""
+        import time
+
+        self.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.rc_file.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tools/train_zoo.py --tiny did not finish in {timeout_s} s ({self.log})")
+            time.sleep(1)
+        if self.rc_file.read_text().strip() != "0":
+            raise RuntimeError(f"tools/train_zoo.py --tiny failed:\n{self.log.read_text()[-4000:]}")
+        return self.out
+
+    def stop(self) -> None:
+        """Kill the training if it still runs (an interrupted or failed run)."""
+        import signal
+
+        text = self.pid_file.read_text() if self.pid_file.is_file() else ""
+        if text and not self.rc_file.exists():
+            try:
+                os.killpg(int(text), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _uses_tiny_zoo(item) -> bool:
+    return "tiny_zoo" in getattr(item, "fixturenames", ())
+
+
+def pytest_configure(config) -> None:
+    """The run's shared folder (controller only); under pytest-xdist (`-n 2`), one torch thread per worker: the
+    tiny models' CPU training is bound by Python, not by torch's threads (2 threads: 34 s, 1 thread: 37 s for the
+    same 3 epochs), so two one-thread workers run about twice as fast as one two-thread process. Subprocesses
+    inherit both settings."""
+    import tempfile
+
+    if not hasattr(config, "workerinput"):
+        config.ecc_shared = Path(tempfile.mkdtemp(prefix="ecc-yolo-tests-"))
+        os.environ[SHARED_ENV] = str(config.ecc_shared)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_unconfigure(config) -> None:
+    import shutil
+
+    if hasattr(config, "ecc_shared"):
+        TinyZooJob(config.ecc_shared).stop()
+        shutil.rmtree(config.ecc_shared, ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests that use the tiny zoo run last, so it trains in the background while the others run."""
+    items.sort(key=_uses_tiny_zoo)  # stable: the order within each part is kept
+
+
+def pytest_collection_finish(session) -> None:
+    if not session.config.option.collectonly and any(_uses_tiny_zoo(item) for item in session.items):
+        TinyZooJob(Path(os.environ[SHARED_ENV])).start()
+
+
 @pytest.fixture(scope="session")
 def _tiny_ecc_session():
     from ecc_yolo.nn.ecc_model import ECCModel
@@ -47,19 +164,10 @@ def synth_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_zoo(tmp_path_factory) -> Path:
-    """The tiny zoo trained on CPU by `tools/train_zoo.py --tiny` (a few minutes); returns its folder."""
-    import subprocess
-    import sys
-
-    out = tmp_path_factory.mktemp("zoo")
-    log = out / "train_zoo.log"
-    with open(log, "w") as f:
-        r = subprocess.run([sys.executable, str(REPO / "tools" / "train_zoo.py"), "--tiny", "--out", str(out)],
-                           cwd=REPO, env={**os.environ, "YOLO_OFFLINE": "1"}, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode:
-        raise RuntimeError(f"tools/train_zoo.py --tiny failed:\n{log.read_text()[-4000:]}")
-    return out
+def tiny_zoo() -> Path:
+    """The tiny zoo trained on CPU by `tools/train_zoo.py --tiny` (a few minutes, see TinyZooJob); returns its
+    folder. Tests only read it."""
+    return TinyZooJob(Path(os.environ[SHARED_ENV])).wait()
 
 
 def train_args(data: Path, project: Path, **kw) -> dict:
@@ -118,52 +226,13 @@ def synth_video(tmp_path_factory) -> Path:
 
 def free_port() -> int:
     """A TCP port free on the loopback interface now."""
-    import socket
+    from ecc_yolo.serve.local import free_port as free
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free()
 
 
-class ServerProcess:
-    """`ecc-yolo serve` in a subprocess on a fixed loopback port (so it can be killed and restarted)."""
+def ServerProcess(checkpoint: Path, log: Path, **args):  # noqa: N802 (reads like the class it builds)
+    """`ecc-yolo serve` of a test checkpoint at imgsz 128 in a subprocess (killable and restartable)."""
+    from ecc_yolo.serve.local import LocalServer
 
-    def __init__(self, checkpoint: Path, log: Path, **args) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.argv = ["serve", f"model={checkpoint}", f"port={self.port}", "imgsz=128", "verbose=False",
-                     *[f"{k}={v}" for k, v in args.items()]]
-        self.log, self.proc = log, None
-
-    def start(self, timeout: float = 60.0) -> ServerProcess:
-        import subprocess
-        import sys
-        import time
-
-        import httpx
-
-        with open(self.log, "a") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ecc_yolo", *self.argv], cwd=REPO, stdout=f,
-                                         stderr=subprocess.STDOUT, env={**os.environ, "YOLO_OFFLINE": "1"})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ecc-yolo serve exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"ecc-yolo serve did not start:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.kill()
+    return LocalServer(checkpoint, imgsz=128, log=log, **args)

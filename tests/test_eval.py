@@ -19,7 +19,13 @@ from pycocotools.cocoeval import COCOeval
 
 from ecc_yolo.eval.cache import RouteCache
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
-from ecc_yolo.eval.dataset import DatasetError, EvalDataset, from_coco_json, load_dataset, map_categories
+from ecc_yolo.eval.dataset import (
+    DatasetError,
+    EvalDataset,
+    from_coco_json,
+    load_dataset,
+    map_categories,
+)
 from ecc_yolo.eval.routers import RouterSweep, auc
 
 NAMES = {0: "cat", 1: "dog", 2: "bird"}

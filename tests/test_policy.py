@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecc_yolo.policy import Budget, BudgetController, offload_mask, threshold_for_ratio, top_share_mask
+from ecc_yolo.policy import (
+    Budget,
+    BudgetController,
+    offload_mask,
+    threshold_for_ratio,
+    top_share_mask,
+)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 0.3, 0.5, 1.0])

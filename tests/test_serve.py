@@ -295,7 +295,7 @@ def test_token_comes_from_the_argument_or_the_environment(monkeypatch):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["serve", "model=cfg/ecc-tiny-11.yaml"], "serve needs model=<ECC checkpoint .pt>"),
+        (["serve", "model=cfg/ecc-tiny-11.yaml"], "serve needs model=<an ECC checkpoint (.pt) or a zoo name>"),
         (["serve", "model=x.pt", "port=70000"], "port must be an integer in 1..65535"),
         (["serve", "model=x.pt", "backend=k8s"], "backend must be one of fastapi, ray"),
         (["serve", "model=x.pt", "max_batch=0"], "max_batch must be an integer >= 1"),

@@ -8,12 +8,11 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from conftest import CFG_DIR, REPO, train_args
-
-import cv2
 
 from ecc_yolo.checkpoint import load_ecc
 from ecc_yolo.costs import to_tensor

@@ -16,43 +16,10 @@ import json
 import os
 import platform
 import re
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(checkpoint: Path, imgsz: int, log: Path, **args) -> tuple[subprocess.Popen, str]:
-    """`ecc-yolo serve` in a subprocess; returns it and its URL once /healthz answers."""
-    import httpx
-
-    port = free_port()
-    argv = [sys.executable, "-m", "ecc_yolo", "serve", f"model={checkpoint}", f"port={port}", f"imgsz={imgsz}",
-            "verbose=False", *[f"{k}={v}" for k, v in args.items()]]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=open(log, "a"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "YOLO_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 def load(url: str, path: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
@@ -121,6 +88,7 @@ def main() -> None:
     from ecc_yolo.data.synthetic import generate_video
     from ecc_yolo.engine.model import ECC
     from ecc_yolo.serve.engine import input_tensor
+    from ecc_yolo.serve.local import LocalServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_server_"))
     ckpt = ECC(a.cfg).save(tmp / "ecc.pt")
@@ -144,7 +112,8 @@ def main() -> None:
 
     results = []
     for mode, max_batch in (("batching", a.max_batch), ("max_batch=1", 1)):
-        proc, url = start_server(ckpt, a.imgsz, tmp / "serve.log", max_batch=max_batch, max_wait_ms=a.max_wait_ms)
+        server = LocalServer(ckpt, a.imgsz, tmp / "serve.log", max_batch=max_batch, max_wait_ms=a.max_wait_ms)
+        url = server.start().url
         try:
             for route in a.routes:
                 load(url, paths[route], bodies[route], 2, 3.0)  # warm-up
@@ -156,8 +125,7 @@ def main() -> None:
                     results.append(point)
                     print(json.dumps(point), flush=True)
         finally:
-            proc.kill()
-            proc.wait()
+            server.stop()
     speedups = {}
     for route in a.routes:
         top = max(a.clients)

@@ -14,12 +14,8 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import start_server  # noqa: E402  (the same subprocess launcher)
 
 
 def main() -> None:
@@ -40,11 +36,13 @@ def main() -> None:
     from ecc_yolo.data.synthetic import generate_video
     from ecc_yolo.engine.model import ECC
     from ecc_yolo.serve.client import detect
+    from ecc_yolo.serve.local import LocalServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
     ckpt = ECC(a.cfg).save(tmp / "ecc.pt")
     video = generate_video(tmp / "video.mp4", frames=a.frames, fps=30, imgsz=a.imgsz, seed=0, progress=False)
-    proc, url = start_server(ckpt, a.imgsz, tmp / "serve.log")
+    server = LocalServer(ckpt, a.imgsz, tmp / "serve.log")
+    url = server.start().url
     runs = []
     try:
         model = ECC(str(ckpt)).model
@@ -60,8 +58,7 @@ def main() -> None:
             runs.append(summary)
             print(json.dumps(summary), flush=True)
     finally:
-        proc.kill()
-        proc.wait()
+        server.stop()
     result = {
         "benchmark": "end-to-end detect against a local server",
         "cfg": a.cfg, "imgsz": a.imgsz, "frames": a.frames, "max_inflight": a.max_inflight,

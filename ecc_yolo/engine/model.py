@@ -16,10 +16,10 @@ from typing import Any
 from ultralytics.engine.model import Model
 from ultralytics.utils import LOGGER
 
+from ecc_yolo import zoo
 from ecc_yolo.args import all_defaults, check_keys, default_project, ecc_defaults
 from ecc_yolo.checkpoint import load_ecc, save_ecc
 from ecc_yolo.nn.ecc_model import ECCModel
-from ecc_yolo import zoo
 from ecc_yolo.spec import load_spec, resolve_cfg_path
 
 

@@ -1,0 +1,151 @@
+"""`ecc-yolo demo`: the whole product in one command, on the built-in synthetic data, with no network.
+
+1. the model: the shipped zoo checkpoint; a build without it trains the tiny CPU zoo first (a few minutes, and its
+   detections are those of models trained for minutes);
+2. optionally (`train=True`) a short fine-tune of the adapters and the gate, so that the training stages are seen;
+3. a synthetic evaluation split and a synthetic video whose difficulty changes over time;
+4. the benchmark (`ecc-yolo val`): every route, every router, plots;
+5. a local cloud server (`ecc-yolo serve`) and the edge stream client (`ecc-yolo detect route=auto`) on the video;
+6. the server is stopped (also on Ctrl-C) and a summary says where everything is.
+Re-running reuses what is still valid (the tiny zoo, the benchmark's cached model outputs) and overwrites the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ultralytics.utils import LOGGER
+
+DEMO_SEED = 4242  # a seed no zoo training used
+EVAL_IMAGES = {"zoo": 300, "tiny": 100}
+VIDEO_FRAMES, VIDEO_FPS = 180, 15
+FINE_TUNE_IMAGES = 96
+
+
+def _step(title: str) -> None:
+    LOGGER.info(f"\n{'=' * 8} ecc-yolo demo: {title}")
+
+
+def _ecc_yolo(*args: str) -> None:
+    """Run an `ecc-yolo` command as a user would (this interpreter), failing loudly."""
+    LOGGER.info("ecc-yolo " + " ".join(args))
+    subprocess.run([sys.executable, "-m", "ecc_yolo", *args], check=True)
+
+
+def choose_model(out: Path, model: str | None) -> tuple[str, str]:
+    """(checkpoint or zoo name, "zoo" | "tiny" | "given") for the demo."""
+    from ecc_yolo import zoo
+
+    if model:
+        return model, "given"
+    if "ecc-synth-n-s" in zoo.available():
+        return "ecc-synth-n-s", "zoo"
+    tiny = out / "tiny-zoo"
+    if not (tiny / "ecc-synth-tiny.pt").is_file():
+        LOGGER.warning(
+            "The synthetic model zoo is not shipped in this build (it is trained on a GPU: "
+            "`python tools/train_zoo.py --device 0 --install`). Training the tiny CPU zoo instead: a few minutes, "
+            "and its models are tiny and briefly trained, so expect weak detections."
+        )
+        from ecc_yolo.zoo_pipeline import train_zoo
+
+        train_zoo(tiny=True, out=tiny)
+    return str(tiny / "ecc-synth-tiny.pt"), "tiny"
+
+
+def _fine_tune(model: str, out: Path, imgsz: int) -> str:
+    """A short adapter and gate fine-tune from the model, on a small synthetic training set (CPU, about a minute)."""
+    data = out / "finetune-data"
+    _ecc_yolo("synth", f"out={data}", f"train={FINE_TUNE_IMAGES}", "val=32", f"imgsz={imgsz}", f"seed={DEMO_SEED + 1}")
+    runs = out / "finetune"
+    for stage in ("adapt", "gate"):
+        _ecc_yolo("train", f"model={model}", f"data={data / 'data.yaml'}", f"stage={stage}", "epochs=1",
+                  f"imgsz={imgsz}", "batch=16", f"project={runs}", f"name={stage}", "exist_ok=True", "plots=False")
+        model = str(runs / stage / "weights" / "best.pt")
+    return model
+
+
+def run_demo(model: str | None = None, train: bool = False, project: str | None = None, name: str = "demo",
+             device: str = "cpu") -> dict[str, Any]:
+    """Run the demo (see the module docstring); returns what it measured and where the outputs are."""
+    from ecc_yolo.args import default_project
+    from ecc_yolo.checkpoint import load_ecc
+    from ecc_yolo.data.synthetic import generate_dataset, generate_video
+    from ecc_yolo.eval.benchmark import evaluate
+    from ecc_yolo.serve.client import detect
+    from ecc_yolo.serve.local import LocalServer
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    out = Path(project or default_project()) / name
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    _step("model")
+    model, kind = choose_model(out, model)
+    ecc, _ = load_ecc(model)
+    imgsz = int(ecc.args.get("imgsz", 256)) if isinstance(ecc.args, dict) else 256
+    if train:
+        _step("a short adapter and gate fine-tune (train=True)")
+        model = _fine_tune(model, out, imgsz)
+        ecc, _ = load_ecc(model)
+
+    _step("synthetic evaluation split and video")
+    images = EVAL_IMAGES["tiny" if kind == "tiny" else "zoo"]
+    data = generate_dataset(out / "data", train=0, val=images, imgsz=imgsz, seed=DEMO_SEED)
+    video = generate_video(out / "data" / "video.mp4", frames=VIDEO_FRAMES, fps=VIDEO_FPS, imgsz=imgsz, seed=DEMO_SEED)
+
+    _step(f"benchmark: every route and router on {images} images")
+    bench = evaluate(ecc, data, out / "benchmark", imgsz=imgsz, batch=16, device=device)
+
+    _step("cloud server and the edge stream client on the video (route=auto)")
+    LOGGER.info(f"ecc-yolo serve model={model} (log: {out / 'server.log'})")
+    with LocalServer(model, imgsz, out / "server.log") as server:
+        stream = detect({"model": model, "source": str(video), "cloud": server.url, "route": "auto",
+                         "imgsz": imgsz, "save": True, "project": str(out), "name": "detect", "exist_ok": True,
+                         "device": device, "verbose": False})
+
+    result = {
+        "model": model,
+        "model_kind": kind,
+        "imgsz": imgsz,
+        "edge_map": bench["edge_map"],
+        "adapted_map": bench["adapted_map"],
+        "cloud_map": bench["cloud_map"],
+        "ecc_d": bench["ecc_d_operating_point"],
+        "stream": stream,
+        "seconds": round(time.time() - t0, 1),
+        "outputs": {
+            "plot: mAP vs offload ratio": out / "benchmark" / "map_vs_offload.png",
+            "plot: Pareto frontier": out / "benchmark" / "pareto.png",
+            "benchmark table": out / "benchmark" / "summary.md",
+            "annotated video": next((out / "detect").glob("video.*"), out / "detect"),
+            "JSON lines (one per frame)": out / "detect" / "detections.jsonl",
+            "stream summary": out / "detect" / "summary.json",
+        },
+    }
+    LOGGER.info(format_demo(result))
+    return result
+
+
+def format_demo(result: dict[str, Any]) -> str:
+    """The closing summary table and where everything is."""
+    op, s = result["ecc_d"], result["stream"]
+    rows = [
+        ("edge mAP50-95", f"{result['edge_map']:.3f}"),
+        ("cloud mAP50-95", f"{result['cloud_map']:.3f}"),
+        ("adapted route mAP50-95", f"{result['adapted_map']:.3f}"),
+        (f"ECC_D mAP50-95 (offload {op['ratio']:.0%})", f"{op['map']:.3f}"),
+        ("stream: offload ratio", f"{s['offload_ratio']:.1%}"),
+        ("stream: bytes per frame", f"{s['mean_bytes_per_frame']:.0f}"),
+        ("stream: frames/s", f"{s['fps']:.1f}"),
+        ("stream: fallbacks", str(s["fallbacks"])),
+    ]
+    lines = [f"\necc-yolo demo: {result['model']} at {result['imgsz']} px, {result['seconds']:.0f} s"]
+    lines += [f"  {k:<34}{v:>10}" for k, v in rows]
+    lines += ["Outputs:"] + [f"  {k:<28}{v}" for k, v in result["outputs"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""`ecc-yolo demo`: README's first command, end to end, re-runnable, and its server never outlives it."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import REPO, bash_blocks, run_as_user
+
+
+@pytest.mark.slow
+def test_the_readme_demo_command_runs_then_reruns_with_a_fine_tune(tiny_zoo, tmp_path):
+    """README's first command, minus the install (done) and the tiny-zoo training it falls back to while the GPU zoo
+    is not shipped: the session's `tiny_zoo` fixture trained the same checkpoint with the same pipeline
+    (`tools/train_zoo.py --tiny`), so it is put where the demo looks for it, to save those minutes."""
+    install, command = bash_blocks(REPO / "README.md")[0].split(" && ")
+    assert install == 'pip install -e ".[dev]"' and command == "ecc-yolo demo"
+    shutil.copytree(tiny_zoo, tmp_path / "runs" / "ecc" / "demo" / "tiny-zoo")
+    r = run_as_user(command, tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "runs" / "ecc" / "demo"
+    for name in ("benchmark/map_vs_offload.png", "benchmark/pareto.png", "benchmark/summary.md",
+                 "detect/detections.jsonl", "detect/summary.json", "detect/video.avi"):
+        assert (out / name).stat().st_size > 0, name
+    assert len((out / "detect" / "detections.jsonl").read_text().splitlines()) == 180  # one record per video frame
+    log = r.stdout + r.stderr
+    assert "ECC_D mAP50-95" in log and "stream: offload ratio" in log and "annotated video" in log
+    assert "Training the tiny CPU zoo" not in log  # it used the zoo found in place
+
+    r = run_as_user(f"{command} train=True", tmp_path)  # again, in the same place, with the short fine-tune
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("finetune/adapt/weights/best.pt", "finetune/gate/weights/best.pt"):
+        assert (out / name).stat().st_size > 0, name
+    assert "finetune/gate/weights/best.pt at" in (r.stdout + r.stderr).replace(str(out) + "/", "")
+    assert len((out / "detect" / "detections.jsonl").read_text().splitlines()) == 180  # overwritten, not appended
+
+
+def test_the_demo_server_stops_on_ctrl_c(serving_ckpt, tmp_path):
+    from ecc_yolo.serve.local import LocalServer
+
+    server = LocalServer(str(serving_ckpt), 128, tmp_path / "server.log")
+    with pytest.raises(KeyboardInterrupt):
+        with server:
+            assert server.proc.poll() is None
+            raise KeyboardInterrupt
+    assert server.proc.poll() is not None
