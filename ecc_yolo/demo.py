@@ -5,7 +5,8 @@
 2. optionally (`train=True`) a short fine-tune of the adapters and the gate, so that the training stages are seen;
 3. a synthetic evaluation split and a synthetic video whose difficulty changes over time;
 4. the benchmark (`ecc-yolo val`): every route, every router, plots;
-5. a local cloud server (`ecc-yolo serve`) and the edge stream client (`ecc-yolo detect route=auto`) on the video;
+5. a local cloud server (`ecc-yolo serve`) and the edge stream client (`ecc-yolo detect route=auto`) on the video,
+   with the benchmark's ECC_D offload ratio as its budget;
 6. the server is stopped (also on Ctrl-C) and a summary says where everything is.
 Re-running reuses what is still valid (the tiny zoo, the benchmark's cached model outputs) and overwrites the rest.
 """
@@ -70,6 +71,12 @@ def _fine_tune(model: str, out: Path, imgsz: int) -> str:
     return model
 
 
+def stream_budget(ratio: float) -> float | None:
+    """The stream's offload budget: the benchmark's ECC_D operating ratio, or None (the model's own gate threshold)
+    when that ratio is 0 or 1, where a budget would mean "never" or "always"."""
+    return round(ratio, 2) if 0.0 < ratio < 1.0 else None
+
+
 def run_demo(model: str | None = None, train: bool = False, project: str | None = None, name: str = "demo",
              device: str = "cpu") -> dict[str, Any]:
     """Run the demo (see the module docstring); returns what it measured and where the outputs are."""
@@ -102,12 +109,15 @@ def run_demo(model: str | None = None, train: bool = False, project: str | None 
     _step(f"benchmark: every route and router on {images} images")
     bench = evaluate(ecc, data, out / "benchmark", imgsz=imgsz, batch=16, device=device)
 
-    _step("cloud server and the edge stream client on the video (route=auto)")
+    # The stream offloads the share of frames the benchmark chose for ECC_D; the budget controller moves the gate's
+    # threshold online to hold it, so frames go to the cloud when the video gets harder.
+    budget = stream_budget(bench["ecc_d_operating_point"]["ratio"])
+    _step(f"cloud server and the edge stream client on the video (route=auto, budget={budget})")
     LOGGER.info(f"ecc-yolo serve model={model} (log: {out / 'server.log'})")
     with LocalServer(model, imgsz, out / "server.log") as server:
         stream = detect({"model": model, "source": str(video), "cloud": server.url, "route": "auto",
-                         "imgsz": imgsz, "save": True, "project": str(out), "name": "detect", "exist_ok": True,
-                         "device": device, "verbose": False})
+                         "budget": budget, "imgsz": imgsz, "save": True, "project": str(out), "name": "detect",
+                         "exist_ok": True, "device": device, "verbose": False})
 
     result = {
         "model": model,

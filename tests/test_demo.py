@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 from conftest import REPO, bash_blocks, run_as_user
+
+from ecc_yolo.demo import stream_budget
 
 
 @pytest.mark.slow
@@ -26,6 +29,11 @@ def test_the_readme_demo_command_runs_then_reruns_with_a_fine_tune(tiny_zoo, tmp
     log = r.stdout + r.stderr
     assert "ECC_D mAP50-95" in log and "stream: offload ratio" in log and "annotated video" in log
     assert "Training the tiny CPU zoo" not in log  # it used the zoo found in place
+    bench = json.loads((out / "benchmark" / "summary.json").read_text())
+    stream = json.loads((out / "detect" / "summary.json").read_text())
+    if 0 < bench["ecc_d_operating_point"]["ratio"] < 1:  # the stream offloads at the benchmark's ECC_D ratio
+        assert f"budget={stream_budget(bench['ecc_d_operating_point']['ratio'])}" in log
+        assert stream["offload_ratio"] > 0
 
     r = run_as_user(f"{command} train=True", tmp_path)  # again, in the same place, with the short fine-tune
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -44,3 +52,17 @@ def test_the_demo_server_stops_on_ctrl_c(serving_ckpt, tmp_path):
             assert server.proc.poll() is None
             raise KeyboardInterrupt
     assert server.proc.poll() is not None
+
+
+def test_the_demo_picks_the_shipped_zoo_when_it_is_there(tmp_path, monkeypatch):
+    """With the GPU zoo in the zoo folder, the demo uses it by name and trains nothing."""
+    from ecc_yolo import zoo
+    from ecc_yolo.demo import choose_model
+
+    monkeypatch.setenv(zoo.ZOO_ENV, str(tmp_path / "zoo"))
+    (tmp_path / "zoo").mkdir()
+    assert choose_model(tmp_path / "out", "given.pt") == ("given.pt", "given")
+    for suffix in (".pt", ".json"):  # what `tools/train_zoo.py --install` writes (contents are not read here)
+        (tmp_path / "zoo" / f"ecc-synth-n-s{suffix}").write_bytes(b"")
+    assert choose_model(tmp_path / "out", None) == ("ecc-synth-n-s", "zoo")
+    assert not (tmp_path / "out").exists()  # no tiny-zoo training
