@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import numpy as np
 import pytest
 from conftest import free_port
 
 from ecc_yolo.codec import encode_jpeg
+from ecc_yolo.serve.local import wait_healthy
 from ecc_yolo.serve.protocol import FEATURES_PATH, HEALTH_PATH, IMAGE_PATH, METRICS_PATH, MODEL_PATH, bearer_header
 from ecc_yolo.serve.server import ServerSettings
 
@@ -27,20 +26,6 @@ def _start_serve(serve, port: int) -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
     except TimeoutError:
         pass
-
-
-def _wait_healthy(client: httpx.Client, deadline_s: float = 180.0) -> dict:
-    start = time.monotonic()
-    while True:
-        try:
-            r = client.get(HEALTH_PATH)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.TransportError:
-            pass
-        if time.monotonic() - start > deadline_s:
-            raise AssertionError(f"Ray Serve proxy did not answer {HEALTH_PATH} within {deadline_s:.0f} s")
-        time.sleep(1.0)
 
 
 @pytest.mark.slow
@@ -61,7 +46,8 @@ def test_ray_serve_answers_through_the_same_app(serving_ckpt, monkeypatch):
         serve.run(ray_application(str(serving_ckpt), settings, {"imgsz": 128}, replicas=1), name=DEPLOYMENT_NAME,
                   route_prefix="/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-            assert _wait_healthy(c) == {"status": "ok"}
+            assert wait_healthy(f"http://127.0.0.1:{port}", 180), "Ray Serve's proxy did not answer within 180 s"
+            assert c.get(HEALTH_PATH).json() == {"status": "ok"}
             assert c.get(MODEL_PATH).json()["fingerprint"] == model.fingerprint().hex()
             image = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
             r = c.post(IMAGE_PATH, content=encode_jpeg(image), headers=bearer_header("t"))

@@ -17,12 +17,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO, run_as_user, user_env
+
+from ecc_yolo.serve.local import wait_healthy
 
 README = REPO / "README.md"
 COCO_CPU = {"device=0": "device=cpu", "imgsz=640": "imgsz=64", "epochs=10": "epochs=1", "epochs=3": "epochs=1",
@@ -41,20 +42,6 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     r = run_as_user(command, cwd)
     assert r.returncode == 0, f"{command}\n{r.stdout[-2500:]}\n{r.stderr[-2500:]}"
     return r
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server exited"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise AssertionError(f"no server at {url}")
 
 
 def coco_stand_ins(cwd: Path) -> None:
@@ -123,7 +110,8 @@ def test_every_readme_block_runs(tmp_path):
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         servers.append(proc)
                         port = re.search(r"port=(\d+)", line).group(1)
-                        wait_healthy(f"http://127.0.0.1:{port}", proc)
+                        assert wait_healthy(f"http://127.0.0.1:{port}", 90, alive=lambda p=proc: p.poll() is None), \
+                            f"no server on port {port}"
                     else:
                         run(line, tmp_path)
     finally:

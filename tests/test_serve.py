@@ -19,6 +19,7 @@ from ecc_yolo.checkpoint import load_ecc
 from ecc_yolo.codec import encode_features, encode_jpeg
 from ecc_yolo.serve.batcher import MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine, input_tensor
+from ecc_yolo.serve.local import LocalServer
 from ecc_yolo.serve.protocol import (
     FEATURES_PATH,
     HEALTH_PATH,
@@ -347,3 +348,12 @@ def test_sixteen_clients_for_thirty_seconds_lose_nothing(serving_ckpt, device_mo
     assert not any(s >= 500 for s in statuses), statuses
     assert counts["other"] == 0, statuses
     assert re.search(r'ecc_batch_size_count\{route="adapted"\} [1-9]', metrics)
+
+
+def test_local_server_reports_a_server_that_exits_with_its_log(tmp_path):
+    log = tmp_path / "serve.log"
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="ecc-yolo serve exited") as err:
+        LocalServer(tmp_path / "missing.pt", imgsz=64, log=log).start(timeout=120)
+    assert time.monotonic() - start < 60  # noticed when the process ends, not at the timeout
+    assert "missing.pt" in str(err.value)  # the log's end is in the message

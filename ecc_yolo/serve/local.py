@@ -11,8 +11,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ecc_yolo.serve.protocol import HEALTH_PATH
 
 
 def free_port() -> int:
@@ -20,6 +23,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Poll the server at `url` until its health route answers 200 (True), or `alive()` turns false or `timeout_s`
+    seconds pass (False). Each poll waits up to 5 s for an answer: a starved server can be slow to answer its first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(f"{url}{HEALTH_PATH}", timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 class LocalServer:
@@ -47,20 +66,13 @@ class LocalServer:
         Raises:
             RuntimeError: it exited or did not answer within `timeout` seconds (the log's end is in the message).
         """
-        import httpx
-
         with open(self.log, "a") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                          env={**os.environ, "YOLO_OFFLINE": "1"})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ecc-yolo serve exited:\n{self._log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        if wait_healthy(self.url, timeout, alive=lambda: self.proc.poll() is None):
+            return self
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ecc-yolo serve exited:\n{self._log_tail()}")
         self.kill()
         raise RuntimeError(f"ecc-yolo serve did not answer within {timeout:g} s:\n{self._log_tail()}")
 
