@@ -45,8 +45,9 @@ def test_ray_serve_answers_through_the_same_app(serving_ckpt, monkeypatch):
         settings = ServerSettings(token="t", max_batch=4, max_wait_ms=5)
         serve.run(ray_application(str(serving_ckpt), settings, {"imgsz": 128}, replicas=1), name=DEPLOYMENT_NAME,
                   route_prefix="/")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-            assert wait_healthy(f"http://127.0.0.1:{port}", 180), "Ray Serve's proxy did not answer within 180 s"
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=60) as c:
+            assert wait_healthy(url, 180), "Ray Serve's proxy did not answer within 180 s"
             assert c.get(HEALTH_PATH).json() == {"status": "ok"}
             assert c.get(MODEL_PATH).json()["fingerprint"] == model.fingerprint().hex()
             image = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
