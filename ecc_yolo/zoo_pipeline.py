@@ -16,6 +16,7 @@ models that a 2-core CPU runs in minutes.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ultralytics.utils import LOGGER
 
@@ -32,8 +34,28 @@ from ecc_yolo.spec import CFG_DIR
 from ecc_yolo.zoo import ASSETS, sha256
 
 TRAIN_SEED, HELDOUT_SEED = 0, 12345
+DEFAULT_PRESET = "cpu"
 PRESETS = {
-    "full": {
+    # The shipped zoo, trained by `tools/train_zoo.py` on 2 CPU cores in under 150 minutes. Every choice and the
+    # measurement behind it is in docs/BENCHMARKS.md ("The CPU zoo"). In short: 160 px is the largest size at which
+    # YOLO11n trains at >= 20 images/s on 2 cores (29 / 22 / 16 images/s at 128 / 160 / 192 px); a quarter-width
+    # YOLO11 edge trains at 54 images/s; 1500 images x 25 epochs per detector keeps the cloud and edge stages near 70
+    # minutes together while the edge/cloud gap stays far above 0.10 mAP50-95 (40-epoch probe: 0.222 vs 0.413).
+    "cpu": {
+        "name": "ecc-synth-q-n-160",
+        "cfg": "ecc-synth-yolo11q-n.yaml",
+        "train": 1500,
+        "val": 300,
+        "heldout": 500,
+        "imgsz": 160,
+        "batch": 32,
+        "epochs": {"cloud": 25, "edge": 25, "adapt": 10, "extension": 4, "gate": 4},
+        "device": "cpu",
+        "mix": None,  # the generator's default easy/hard/complex mix, 50/30/20
+        "hyp": [],  # Ultralytics' default hyper-parameters (optimizer=auto picks AdamW for runs this short)
+    },
+    # The GPU zoo (one H100: ~30 min), selected explicitly with `--preset gpu`.
+    "gpu": {
         "name": "ecc-synth-n-s",
         "cfg": "ecc-synth-yolo11n-s.yaml",
         "train": 3000,
@@ -43,9 +65,10 @@ PRESETS = {
         "batch": 64,
         "epochs": {"cloud": 40, "edge": 40, "adapt": 20, "extension": 20, "gate": 10},
         "device": "0",
-        "mix": None,  # the generator's default easy/hard/complex mix, 50/30/20
+        "mix": None,
         "hyp": [],  # Ultralytics' default hyper-parameters, as measured in ../shared/docs/MEASUREMENTS.md
     },
+    # The pipeline's smoke test (tests, CI): tiny models on CPU in minutes; not a useful detector.
     "tiny": {
         "name": "ecc-synth-tiny",
         "cfg": "ecc-tiny-meanet.yaml",
@@ -65,57 +88,160 @@ PRESETS = {
 STAGE_ORDER = ("cloud", "edge", "adapt", "extension", "gate")
 STAGE_ARGS = {"edge": ["distill=True"], "gate": ["rrb=2.0"]}  # adapt: the defaults (feat=4, det=0.25, kd=1)
 
-
-def run(cmd: list[str], log: list[dict], stage: str) -> float:
-    """Run one `ecc-yolo` command (through this interpreter), record it, return its wall time in seconds."""
-    printable = "ecc-yolo " + " ".join(cmd)
-    LOGGER.info(f"\n[zoo {stage}] {printable}")
-    t0 = time.time()
+def _ecc_yolo(cmd: list[str]) -> None:
+    """Run one `ecc-yolo` command through this interpreter, failing loudly."""
+    LOGGER.info("\n[zoo] ecc-yolo " + " ".join(cmd))
     subprocess.run([sys.executable, "-m", "ecc_yolo", *cmd], check=True)
-    seconds = time.time() - t0
-    log.append({"stage": stage, "command": printable, "seconds": round(seconds, 1)})
-    return seconds
+
+
+def _read_results(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of an Ultralytics results.csv (empty when there is none)."""
+    path = run_dir / "results.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k.strip(): float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _stage_metrics(run_dir: Path) -> dict[str, Any]:
+    """What a training stage reached: every route's mAP50-95 at its last epoch, and the curve of the stage's own
+    route (metrics/mAP50-95(B): the route the stage trains) per epoch, from its results.csv."""
+    rows = _read_results(run_dir)
+    if not rows:
+        return {}
+    last = rows[-1]
+    routes = {k.removeprefix("metrics/").removesuffix("(B)"): round(v, 4) for k, v in last.items()
+              if k.startswith("metrics/") and k.endswith("mAP50-95(B)")}
+    return {"epochs": len(rows), "last_epoch": routes,
+            "curve_map50_95": [round(r.get("metrics/mAP50-95(B)", float("nan")), 4) for r in rows]}
+
+
+def _finished(last: Path) -> bool:
+    """Whether Ultralytics finished the run of this last.pt (it strips finished checkpoints to epoch -1)."""
+    import torch
+
+    return int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)) == -1
+
+
+class Stages:
+    """Runs the pipeline's steps so that re-running the same command continues where it stopped.
+
+    Each finished step leaves a record (`records/<step>.json`: command, wall seconds, what it reached). A step with a
+    record and its output is skipped; a training stage that was interrupted resumes from its last.pt (Ultralytics'
+    resume=, exact with ecc-yolo's trainer). Wall time of an interrupted attempt counts up to its last saved epoch
+    (`records/<step>.attempt.json` holds the attempts' start times).
+    """
+
+    def __init__(self, out: Path):
+        self.records = out / "records"
+        self.records.mkdir(parents=True, exist_ok=True)
+        self.log: list[dict] = []
+
+    def _record(self, step: str) -> Path:
+        return self.records / f"{step}.json"
+
+    def run(self, step: str, cmd: list[str], output: Path, run_dir: Path | None = None) -> dict:
+        """Run `ecc-yolo <cmd>` unless its record and `output` exist; `run_dir` (training stages) enables resume and
+        the per-stage metrics. Returns the step's record."""
+        record = self._record(step)
+        if record.is_file() and output.exists():
+            entry = json.loads(record.read_text())
+            LOGGER.info(f"[zoo] {step}: done before ({entry['seconds']:.0f} s), skipped; {record}")
+            self.log.append(entry)
+            return entry
+        attempts_file = self.records / f"{step}.attempt.json"
+        attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else {"seconds_before": 0.0}
+        last = run_dir / "weights" / "last.pt" if run_dir else None
+        actual = cmd
+        if last is not None and last.is_file() and "started" in attempts:
+            # the previous attempt was cut off: its time counts up to the last epoch it saved
+            attempts["seconds_before"] += max(0.0, last.stat().st_mtime - attempts["started"])
+            if not _finished(last):
+                actual = ["train", f"resume={last}"]
+                LOGGER.info(f"[zoo] {step}: resuming the interrupted run from {last}")
+        attempts["started"] = time.time()
+        attempts_file.write_text(json.dumps(attempts))
+        t0 = time.time()
+        if not (last is not None and last.is_file() and actual is cmd and _finished(last)):
+            _ecc_yolo(actual)
+        seconds = attempts["seconds_before"] + time.time() - t0
+        entry = {"stage": step, "command": "ecc-yolo " + " ".join(cmd), "seconds": round(seconds, 1)}
+        if actual is not cmd:
+            entry["resumed_with"] = "ecc-yolo " + " ".join(actual)
+        if run_dir is not None:
+            entry["metrics"] = _stage_metrics(run_dir)
+        record.write_text(json.dumps(entry, indent=2))
+        attempts_file.unlink(missing_ok=True)
+        self.log.append(entry)
+        return entry
 
 
 def hardware(device: str) -> dict:
-    """What the run ran on."""
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    """What the run ran on (a GPU is listed only when the run used one)."""
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine()}
     try:
         import torch
 
         info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
         if device not in ("cpu", "") and torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
+    import ultralytics
+
+    info["ultralytics"] = ultralytics.__version__
     return info
 
 
-def train_zoo(tiny: bool = False, out: str | Path | None = None, device: str | None = None, no_distill: bool = False,
-              epochs_scale: float = 1.0, install: bool = False) -> Path:
-    """Run the pipeline (see the module docstring); returns the manifest's path.
+def code_version() -> dict:
+    """The git commit of the code that ran (and whether its work tree had uncommitted changes)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+                "path": str(root)}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None, "path": str(root)}
+
+
+def train_zoo(preset: str = DEFAULT_PRESET, out: str | Path | None = None, device: str | None = None,
+              no_distill: bool = False, epochs_scale: float = 1.0, install: bool = False,
+              tiny: bool = False) -> Path:
+    """Run the pipeline (see the module docstring), continuing an earlier run in `out`; returns the manifest's path.
 
     Args:
-        tiny: the tiny CPU preset instead of the shipped zoo's.
-        out: output folder (default ./runs/zoo/<name>).
+        preset: "cpu" (the shipped zoo, 2 CPU cores), "gpu" or "tiny" (the smoke test); see PRESETS.
+        out: output folder (default ./runs/zoo/<name>); re-running with the same folder skips finished steps and
+            resumes an interrupted one.
         device: "cpu" or a GPU index (default: the preset's).
         no_distill: train the edge without distillation from the cloud.
         epochs_scale: multiply every stage's epochs.
         install: copy the checkpoint and manifest into ecc_yolo/assets/ (ships it with the package).
+        tiny: shorthand for preset="tiny".
     """
-    preset = PRESETS["tiny" if tiny else "full"]
+    preset_name = "tiny" if tiny else preset
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown zoo preset {preset_name!r}; choose from {sorted(PRESETS)}")
+    preset = PRESETS[preset_name]
     device = device or preset["device"]
     out = Path(out or Path.cwd() / "runs" / "zoo" / preset["name"]).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data, heldout, runs = out / "data", out / "heldout", out / "runs"
     imgsz, batch = preset["imgsz"], preset["batch"]
-    log: list[dict] = []
+    stages = Stages(out)
+    version = code_version()
+    LOGGER.info(f"[zoo] preset {preset_name} in {out}; code {version}")
 
     mix = [f"mix={list(preset['mix'])}".replace(" ", "")] if preset["mix"] else []
-    run(["synth", f"out={data}", f"train={preset['train']}", f"val={preset['val']}", f"imgsz={imgsz}",
-         f"seed={TRAIN_SEED}", *mix], log, "data")
-    run(["synth", f"out={heldout}", "train=0", f"val={preset['heldout']}", f"imgsz={imgsz}", f"seed={HELDOUT_SEED}",
-         *mix], log, "heldout")
+    stages.run("data", ["synth", f"out={data}", f"train={preset['train']}", f"val={preset['val']}", f"imgsz={imgsz}",
+                        f"seed={TRAIN_SEED}", *mix], data / "data.yaml")
+    stages.run("heldout", ["synth", f"out={heldout}", "train=0", f"val={preset['heldout']}", f"imgsz={imgsz}",
+                           f"seed={HELDOUT_SEED}", *mix], heldout / "data.yaml")
 
     model = str(CFG_DIR / preset["cfg"])
     common = [f"data={data / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}", f"device={device}",
@@ -123,30 +249,37 @@ def train_zoo(tiny: bool = False, out: str | Path | None = None, device: str | N
     for stage in STAGE_ORDER:
         epochs = max(1, round(preset["epochs"][stage] * epochs_scale))
         extra = [a for a in STAGE_ARGS.get(stage, []) if not (no_distill and a.startswith("distill"))]
-        run(["train", f"model={model}", f"stage={stage}", f"epochs={epochs}", f"name={stage}", *common, *extra],
-            log, stage)
-        model = str(runs / stage / "weights" / "best.pt")
+        best = runs / stage / "weights" / "best.pt"
+        stages.run(stage, ["train", f"model={model}", f"stage={stage}", f"epochs={epochs}", f"name={stage}", *common,
+                           *extra], best, run_dir=runs / stage)
+        model = str(best)
 
     final = out / f"{preset['name']}.pt"
     shutil.copyfile(model, final)
     val_name = "heldout_val"
-    run(["val", f"model={final}", f"data={heldout / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
-         f"device={device}", f"project={runs}", f"name={val_name}", "exist_ok=True"], log, "val")
+    stages.run("val", ["val", f"model={final}", f"data={heldout / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
+                       f"device={device}", f"project={runs}", f"name={val_name}", "exist_ok=True"],
+               runs / val_name / "summary.json")
 
     summary = json.loads((runs / val_name / "summary.json").read_text())
     routes = {f"{r}_map50_95": round(summary[f"{r}_map"], 4) for r in ("edge", "adapted", "cloud")}
     routes["per_difficulty"] = {level: {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
                                 for level, d in summary["per_difficulty"].items()}
+    wall = {entry["stage"]: entry["seconds"] for entry in stages.log}
     manifest = {
         "name": preset["name"],
-        "preset": "tiny" if tiny else "full",
+        "preset": preset_name,
+        "cfg": preset["cfg"],
         "files": {final.name: {"sha256": sha256(final), "bytes": final.stat().st_size}},
         "generator": {"version": GENERATOR_VERSION, "train_seed": TRAIN_SEED, "heldout_seed": HELDOUT_SEED,
                       "train": preset["train"], "val": preset["val"], "heldout": preset["heldout"], "imgsz": imgsz,
                       "mix": preset["mix"]},
-        "commands": log,
+        "code": version,
+        "commands": stages.log,
         "hardware": hardware(device),
-        "wall_seconds": {entry["stage"]: entry["seconds"] for entry in log},
+        "wall_seconds": wall,
+        "total_wall_minutes": round(sum(wall.values()) / 60, 1),
+        "stage_map50_95": {e["stage"]: e["metrics"]["last_epoch"] for e in stages.log if e.get("metrics")},
         "heldout_map50_95": routes,
         "heldout_benchmark": str(runs / val_name),
     }
@@ -159,5 +292,3 @@ def train_zoo(tiny: bool = False, out: str | Path | None = None, device: str | N
         LOGGER.info(f"installed {preset['name']} into {ASSETS}")
     LOGGER.info(f"\nzoo checkpoint: {final}\nmanifest: {path}\n" + json.dumps(routes, indent=2))
     return path
-
-
