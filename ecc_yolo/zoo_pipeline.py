@@ -37,10 +37,10 @@ TRAIN_SEED, HELDOUT_SEED = 0, 12345
 DEFAULT_PRESET = "cpu"
 PRESETS = {
     # The shipped zoo, trained by `tools/train_zoo.py` on 2 CPU cores in under 150 minutes. Every choice and the
-    # measurement behind it is in docs/BENCHMARKS.md ("The CPU zoo"). In short: 160 px is the largest size at which
-    # YOLO11n trains at >= 20 images/s on 2 cores (29 / 22 / 16 images/s at 128 / 160 / 192 px); a quarter-width
-    # YOLO11 edge trains at 54 images/s; 1500 images x 25 epochs per detector keeps the cloud and edge stages near 70
-    # minutes together while the edge/cloud gap stays far above 0.10 mAP50-95 (40-epoch probe: 0.222 vs 0.413).
+    # measurement behind it is in docs/BENCHMARKS.md ("The CPU zoo"). In short: at 160 px YOLO11n trains at 22 to
+    # 67 images/s on 2 cores (machines differ 3x), complex objects stay >= 10 px, and a quarter-width YOLO11 edge
+    # is 4x cheaper; 1500 images x 40 epochs per detector gave a 0.19 mAP50-95 edge/cloud gap (0.222 vs 0.413) in a
+    # probe; the cloud epoch takes 33 s here (93 s on the probe's machine), which leaves room for 20 adapt epochs.
     "cpu": {
         "name": "ecc-synth-q-n-160",
         "cfg": "ecc-synth-yolo11q-n.yaml",
@@ -49,7 +49,7 @@ PRESETS = {
         "heldout": 500,
         "imgsz": 160,
         "batch": 32,
-        "epochs": {"cloud": 25, "edge": 25, "adapt": 10, "extension": 4, "gate": 4},
+        "epochs": {"cloud": 40, "edge": 40, "adapt": 20, "extension": 8, "gate": 8},
         "device": "cpu",
         "mix": None,  # the generator's default easy/hard/complex mix, 50/30/20
         "hyp": [],  # Ultralytics' default hyper-parameters (optimizer=auto picks AdamW for runs this short)
