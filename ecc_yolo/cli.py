@@ -141,6 +141,10 @@ def _serving_args(args: dict[str, Any], mode: str) -> Any:
         what = "an ECC checkpoint (.pt), a zoo name or an edge export (.onnx)" if mode == "detect" else \
             "an ECC checkpoint (.pt) or a zoo name"
         raise UsageError(f"{mode} needs model=<{what}> (the edge and the cloud must hold the same model)")
+    if "imgsz" not in args and not model.endswith(".onnx"):  # like `yolo predict`: the size the model trained at
+        from ecc_yolo.checkpoint import load_ecc, trained_imgsz
+
+        args = {**args, "imgsz": trained_imgsz(load_ecc(model)[0])}
     return get_args(args)
 
 
@@ -204,13 +208,18 @@ def run_export(args: dict[str, Any]) -> None:
     fmt = args.get("format", "onnx")
     if fmt != "onnx":
         raise UsageError(f"export supports format=onnx (the edge part), got '{fmt}'")
-    imgsz = args.get("imgsz", 640)
-    if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
-        raise UsageError(f"imgsz must be a multiple of 32 >= 32, got {imgsz!r}")
+    from ecc_yolo import zoo
+    from ecc_yolo.checkpoint import trained_imgsz
+
     ecc, _ = _model_and_args(args)
     model = ecc.model
-    source = Path(str(ecc.model_name))  # like Ultralytics: next to a checkpoint, else in the current folder
-    out = (source.parent if source.suffix == ".pt" else Path.cwd()) / f"{source.stem}-edge.onnx"
+    imgsz = args.get("imgsz", trained_imgsz(model))  # default: the size the model was trained at
+    if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+        raise UsageError(f"imgsz must be a multiple of 32 >= 32, got {imgsz!r}")
+    source = Path(str(ecc.model_name))
+    # like Ultralytics: next to a checkpoint, else (a cfg, or a zoo model inside the installed package) here
+    beside = source.suffix == ".pt" and source.resolve().parent != zoo.zoo_dir().resolve()
+    out = (source.parent if beside else Path.cwd()) / f"{source.stem}-edge.onnx"
     print(f"edge export: {export_edge_onnx(model, out, imgsz)}")
 
 

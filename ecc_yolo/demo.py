@@ -1,14 +1,14 @@
 """`ecc-yolo demo`: the whole product in one command, on the built-in synthetic data, with no network.
 
-1. the model: the shipped zoo checkpoint; a build without it trains the tiny CPU zoo first (a few minutes, and its
-   detections are those of models trained for minutes);
+1. the model: the shipped zoo checkpoint (`ecc-synth-q-n-160`, trained on 2 CPU cores by tools/train_zoo.py), or
+   `model=`; nothing is trained unless `train=True`;
 2. optionally (`train=True`) a short fine-tune of the adapters and the gate, so that the training stages are seen;
 3. a synthetic evaluation split and a synthetic video whose difficulty changes over time;
 4. the benchmark (`ecc-yolo val`): every route, every router, plots;
 5. a local cloud server (`ecc-yolo serve`) and the edge stream client (`ecc-yolo detect route=auto`) on the video,
    with the benchmark's ECC_D offload ratio as its budget;
 6. the server is stopped (also on Ctrl-C) and a summary says where everything is.
-Re-running reuses what is still valid (the tiny zoo, the benchmark's cached model outputs) and overwrites the rest.
+Re-running reuses what is still valid (the benchmark's cached model outputs) and overwrites the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from ultralytics.utils import LOGGER
 
 DEMO_SEED = 4242  # a seed no zoo training used
-EVAL_IMAGES = {"zoo": 300, "tiny": 100}
+EVAL_IMAGES = 300
 VIDEO_FRAMES, VIDEO_FPS = 180, 15
 FINE_TUNE_IMAGES = 96
 
@@ -38,25 +38,21 @@ def _ecc_yolo(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "ecc_yolo", *args], check=True)
 
 
-def choose_model(out: Path, model: str | None) -> tuple[str, str]:
-    """(checkpoint or zoo name, "zoo" | "tiny" | "given") for the demo."""
+def choose_model(model: str | None) -> tuple[str, str]:
+    """(checkpoint or zoo name, "zoo" | "given") for the demo: the given model, else the first shipped zoo entry (the
+    CPU zoo, zoo.DEFAULT_MODEL). Trains nothing."""
     from ecc_yolo import zoo
 
     if model:
         return model, "given"
-    if "ecc-synth-n-s" in zoo.available():
-        return "ecc-synth-n-s", "zoo"
-    tiny = out / "tiny-zoo"
-    if not (tiny / "ecc-synth-tiny.pt").is_file():
-        LOGGER.warning(
-            "The synthetic model zoo is not shipped in this build (it is trained on a GPU: "
-            "`python tools/train_zoo.py --device 0 --install`). Training the tiny CPU zoo instead: a few minutes, "
-            "and its models are tiny and briefly trained, so expect weak detections."
+    shipped = [name for name in zoo.available() if name in zoo.KNOWN]
+    if not shipped:
+        raise zoo.ZooError(
+            f"no zoo model is shipped in {zoo.zoo_dir()}, so the demo has nothing to run; reinstall the package, train "
+            f"the zoo with `{zoo.TRAIN_COMMAND[zoo.DEFAULT_MODEL]}` (about 2 hours on 2 CPU cores), or pass "
+            f"model=<your ECC checkpoint>"
         )
-        from ecc_yolo.zoo_pipeline import train_zoo
-
-        train_zoo(tiny=True, out=tiny)
-    return str(tiny / "ecc-synth-tiny.pt"), "tiny"
+    return shipped[0], "zoo"
 
 
 def _fine_tune(model: str, out: Path, imgsz: int) -> str:
@@ -81,7 +77,7 @@ def run_demo(model: str | None = None, train: bool = False, project: str | None 
              device: str = "cpu") -> dict[str, Any]:
     """Run the demo (see the module docstring); returns what it measured and where the outputs are."""
     from ecc_yolo.args import default_project
-    from ecc_yolo.checkpoint import load_ecc
+    from ecc_yolo.checkpoint import load_ecc, trained_imgsz
     from ecc_yolo.data.synthetic import generate_dataset, generate_video
     from ecc_yolo.eval.benchmark import evaluate
     from ecc_yolo.serve.client import detect
@@ -93,16 +89,16 @@ def run_demo(model: str | None = None, train: bool = False, project: str | None 
     t0 = time.time()
 
     _step("model")
-    model, kind = choose_model(out, model)
+    model, kind = choose_model(model)
     ecc, _ = load_ecc(model)
-    imgsz = int(ecc.args.get("imgsz", 256)) if isinstance(ecc.args, dict) else 256
+    imgsz = trained_imgsz(ecc, default=256)
     if train:
         _step("a short adapter and gate fine-tune (train=True)")
         model = _fine_tune(model, out, imgsz)
         ecc, _ = load_ecc(model)
 
     _step("synthetic evaluation split and video")
-    images = EVAL_IMAGES["tiny" if kind == "tiny" else "zoo"]
+    images = EVAL_IMAGES
     data = generate_dataset(out / "data", train=0, val=images, imgsz=imgsz, seed=DEMO_SEED)
     video = generate_video(out / "data" / "video.mp4", frames=VIDEO_FRAMES, fps=VIDEO_FPS, imgsz=imgsz, seed=DEMO_SEED)
 

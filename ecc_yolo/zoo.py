@@ -15,9 +15,15 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 ZOO_ENV = "ECC_YOLO_ZOO"
-KNOWN = {  # names the project documents, whether or not this build ships them
-    "ecc-synth-n-s": "YOLO11n edge, YOLO11s cloud, adapters and gate trained on the synthetic data at 256 px",
+KNOWN = {  # names the project documents, whether or not this build ships them; the first is the default model
+    "ecc-synth-q-n-160": "quarter-width YOLO11 edge ('q': scale 0.33/0.125), YOLO11n cloud, adapters, extension exit "
+                         "and gate, trained on the synthetic data at 160 px on 2 CPU cores (tools/train_zoo.py)",
+    "ecc-synth-n-s": "YOLO11n edge, YOLO11s cloud, adapters and gate trained on the synthetic data at 256 px on a GPU "
+                     "(tools/train_zoo.py --preset gpu)",
 }
+DEFAULT_MODEL = next(iter(KNOWN))
+TRAIN_COMMAND = {"ecc-synth-q-n-160": "python tools/train_zoo.py --install",
+                 "ecc-synth-n-s": "python tools/train_zoo.py --preset gpu --install  # on a GPU machine"}
 
 
 class ZooError(FileNotFoundError):
@@ -30,9 +36,12 @@ def zoo_dir() -> Path:
 
 
 def available() -> list[str]:
-    """Names of the entries present in the zoo folder."""
+    """Names of the entries present in the zoo folder: the documented ones first, in KNOWN's order (the default
+    model first), then any others by name."""
     folder = zoo_dir()
-    return sorted(p.stem for p in folder.glob("*.json") if (folder / f"{p.stem}.pt").is_file())
+    names = {p.stem for p in folder.glob("*.json") if (folder / f"{p.stem}.pt").is_file()}
+    order = list(KNOWN)
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
 def is_zoo_name(name: str) -> bool:
@@ -61,7 +70,7 @@ def resolve(name: str) -> Path:
     if not checkpoint.is_file():
         hint = (
             f"'{name}' is not shipped in this build ({folder} has {available() or 'no entries'}). Train it with "
-            f"`python tools/train_zoo.py --device 0 --install` on a GPU machine."
+            f"`{TRAIN_COMMAND[name]}`."
             if name in KNOWN
             else f"unknown zoo name '{name}'; available: {available() or 'none'}"
         )

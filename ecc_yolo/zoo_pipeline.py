@@ -116,11 +116,15 @@ def _stage_metrics(run_dir: Path) -> dict[str, Any]:
             "curve_map50_95": [round(r.get("metrics/mAP50-95(B)", float("nan")), 4) for r in rows]}
 
 
-def _finished(last: Path) -> bool:
-    """Whether Ultralytics finished the run of this last.pt (it strips finished checkpoints to epoch -1)."""
+def checkpoint_epoch(last: Path) -> int | None:
+    """The epoch a last.pt was saved at (-1: Ultralytics finished the run and stripped it), or None when the file
+    cannot be read: Ultralytics writes it in place, so a run killed mid-write leaves it truncated."""
     import torch
 
-    return int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)) == -1
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1))
+    except Exception:  # any unpickling or archive error means the same thing here: no usable checkpoint
+        return None
 
 
 class Stages:
@@ -152,17 +156,22 @@ class Stages:
         attempts_file = self.records / f"{step}.attempt.json"
         attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else {"seconds_before": 0.0}
         last = run_dir / "weights" / "last.pt" if run_dir else None
-        actual = cmd
+        actual, finished = cmd, False
         if last is not None and last.is_file() and "started" in attempts:
             # the previous attempt was cut off: its time counts up to the last epoch it saved
             attempts["seconds_before"] += max(0.0, last.stat().st_mtime - attempts["started"])
-            if not _finished(last):
+            epoch = checkpoint_epoch(last)
+            if epoch is None:
+                LOGGER.warning(f"[zoo] {step}: {last} is unreadable (cut off mid-write); running the stage again")
+            elif epoch == -1:
+                finished = True  # training ended but the record was not written
+            else:
                 actual = ["train", f"resume={last}"]
-                LOGGER.info(f"[zoo] {step}: resuming the interrupted run from {last}")
+                LOGGER.info(f"[zoo] {step}: resuming the interrupted run from {last} (epoch {epoch + 1} done)")
         attempts["started"] = time.time()
         attempts_file.write_text(json.dumps(attempts))
         t0 = time.time()
-        if not (last is not None and last.is_file() and actual is cmd and _finished(last)):
+        if not finished:
             _ecc_yolo(actual)
         seconds = attempts["seconds_before"] + time.time() - t0
         entry = {"stage": step, "command": "ecc-yolo " + " ".join(cmd), "seconds": round(seconds, 1)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from conftest import REPO, bash_blocks, run_as_user
@@ -12,13 +11,12 @@ from ecc_yolo.demo import stream_budget
 
 
 @pytest.mark.slow
-def test_the_readme_demo_command_runs_then_reruns_with_a_fine_tune(tiny_zoo, tmp_path):
-    """README's first command, minus the install (done) and the tiny-zoo training it falls back to while the GPU zoo
-    is not shipped: the session's `tiny_zoo` fixture trained the same checkpoint with the same pipeline
-    (`tools/train_zoo.py --tiny`), so it is put where the demo looks for it, to save those minutes."""
+def test_the_readme_demo_command_runs_on_the_shipped_zoo_then_reruns_with_a_fine_tune(tmp_path):
+    """README's first command, minus the install (done): on the shipped zoo, training nothing."""
+    from ecc_yolo import zoo
+
     install, command = bash_blocks(REPO / "README.md")[0].split(" && ")
     assert install == 'pip install -e ".[dev]"' and command == "ecc-yolo demo"
-    shutil.copytree(tiny_zoo, tmp_path / "runs" / "ecc" / "demo" / "tiny-zoo")
     r = run_as_user(command, tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "runs" / "ecc" / "demo"
@@ -28,8 +26,9 @@ def test_the_readme_demo_command_runs_then_reruns_with_a_fine_tune(tiny_zoo, tmp
     assert len((out / "detect" / "detections.jsonl").read_text().splitlines()) == 180  # one record per video frame
     log = r.stdout + r.stderr
     assert "ECC_D mAP50-95" in log and "stream: offload ratio" in log and "annotated video" in log
-    assert "Training the tiny CPU zoo" not in log  # it used the zoo found in place
+    assert f"ecc-yolo demo: {zoo.DEFAULT_MODEL} at 160 px" in log and "ecc-yolo train" not in log  # trains nothing
     bench = json.loads((out / "benchmark" / "summary.json").read_text())
+    assert bench["cloud_map"] > bench["edge_map"] + 0.05  # a trained zoo: the cloud is clearly the better detector
     stream = json.loads((out / "detect" / "summary.json").read_text())
     if 0 < bench["ecc_d_operating_point"]["ratio"] < 1:  # the stream offloads at the benchmark's ECC_D ratio
         assert f"budget={stream_budget(bench['ecc_d_operating_point']['ratio'])}" in log
@@ -54,15 +53,16 @@ def test_the_demo_server_stops_on_ctrl_c(serving_ckpt, tmp_path):
     assert server.proc.poll() is not None
 
 
-def test_the_demo_picks_the_shipped_zoo_when_it_is_there(tmp_path, monkeypatch):
-    """With the GPU zoo in the zoo folder, the demo uses it by name and trains nothing."""
+def test_the_demo_picks_the_first_shipped_zoo_entry_or_says_how_to_get_one(tmp_path, monkeypatch):
     from ecc_yolo import zoo
     from ecc_yolo.demo import choose_model
 
-    monkeypatch.setenv(zoo.ZOO_ENV, str(tmp_path / "zoo"))
-    (tmp_path / "zoo").mkdir()
-    assert choose_model(tmp_path / "out", "given.pt") == ("given.pt", "given")
-    for suffix in (".pt", ".json"):  # what `tools/train_zoo.py --install` writes (contents are not read here)
-        (tmp_path / "zoo" / f"ecc-synth-n-s{suffix}").write_bytes(b"")
-    assert choose_model(tmp_path / "out", None) == ("ecc-synth-n-s", "zoo")
-    assert not (tmp_path / "out").exists()  # no tiny-zoo training
+    assert choose_model(None) == (zoo.DEFAULT_MODEL, "zoo")  # the package's own assets
+    monkeypatch.setenv(zoo.ZOO_ENV, str(tmp_path))
+    assert choose_model("given.pt") == ("given.pt", "given")
+    with pytest.raises(zoo.ZooError, match="no zoo model is shipped.*tools/train_zoo.py --install"):
+        choose_model(None)
+    for name in ("ecc-synth-n-s", zoo.DEFAULT_MODEL):  # what `tools/train_zoo.py --install` writes (not read here)
+        for suffix in (".pt", ".json"):
+            (tmp_path / f"{name}{suffix}").write_bytes(b"")
+    assert choose_model(None) == (zoo.DEFAULT_MODEL, "zoo")  # the CPU zoo first

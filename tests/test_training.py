@@ -182,6 +182,13 @@ def test_tiny_zoo_pipeline_writes_checkpoint_and_manifest(tiny_zoo):
     stages = [c["stage"] for c in manifest["commands"]]
     assert stages == ["data", "heldout", "cloud", "edge", "adapt", "extension", "gate", "val"]
     assert all(c["command"].startswith("ecc-yolo ") for c in manifest["commands"])
+    assert len(manifest["code"]["commit"]) == 40 and "gpu" not in manifest["hardware"]
+    assert manifest["total_wall_minutes"] == round(sum(manifest["wall_seconds"].values()) / 60, 1) > 0
+    for c in manifest["commands"]:  # every training stage recorded its curve and every route's final mAP
+        if c["stage"] in ("cloud", "edge", "adapt", "extension", "gate"):
+            assert len(c["metrics"]["curve_map50_95"]) == c["metrics"]["epochs"] > 0
+            assert {"edge_mAP50-95", "cloud_mAP50-95", "adapted_mAP50-95"} <= set(manifest["stage_map50_95"][c["stage"]])
+    assert sorted(p.stem for p in (tiny_zoo / "records").glob("*.json")) == sorted(stages)  # what a re-run skips
     maps = manifest["heldout_map50_95"]
     assert maps["cloud_map50_95"] > maps["edge_map50_95"]  # the cloud is the stronger detector
     assert (tiny_zoo / "runs" / "heldout_val" / "map_vs_offload.png").is_file()

@@ -1,45 +1,81 @@
-"""The model zoo: loading by name, checksum verification, clear errors."""
+"""The model zoo: the shipped entry (loads by name, every route runs, corruption is refused), checksum verification,
+clear errors, and the pipeline that trains it (resumable)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 import torch
+from conftest import CFG_DIR
 
 from ecc_yolo import zoo
 from ecc_yolo.engine.model import ECC
+from ecc_yolo.zoo_pipeline import Stages, checkpoint_epoch
+
+SHIPPED = zoo.DEFAULT_MODEL  # the CPU zoo, shipped in ecc_yolo/assets/
 
 
-def _install(tiny_zoo, folder):
-    manifest = json.loads((tiny_zoo / "manifest.json").read_text())
-    name = manifest["name"]
-    shutil.copyfile(tiny_zoo / f"{name}.pt", folder / f"{name}.pt")
-    shutil.copyfile(tiny_zoo / "manifest.json", folder / f"{name}.json")
-    return name
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every xyxy box in a (N, 4) with every box in b (M, 4)."""
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).prod(-1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None] - inter)
 
 
-@pytest.mark.slow
-def test_zoo_model_loads_by_name_runs_every_route_and_is_checked(tiny_zoo, tmp_path, monkeypatch):
+def test_the_shipped_zoo_entry_is_listed_first_and_loads_by_name():
+    assert zoo.available()[0] == SHIPPED, f"{zoo.ASSETS} must ship {SHIPPED}"
+    manifest = json.loads((zoo.ASSETS / f"{SHIPPED}.json").read_text())
+    assert "gpu" not in manifest["hardware"] and manifest["total_wall_minutes"] <= 150
+    assert manifest["code"]["commit"] and not manifest["code"]["dirty"]
+    ecc = ECC(SHIPPED)  # offline, by name, sha256-checked
+    assert ecc.model.spec.name == "ecc-synth-yolo11q-n" and ecc.model.extension is not None
+
+
+def test_every_route_of_the_shipped_zoo_finds_the_objects_of_easy_synthetic_frames():
+    """Every route (and route=auto) on a batch of easy frames with known boxes: each finds most of the objects."""
+    from ecc_yolo.checkpoint import trained_imgsz
+    from ecc_yolo.data.synthetic import render_frame
+
+    ecc = ECC(SHIPPED)
+    imgsz = trained_imgsz(ecc.model)
+    assert imgsz == 160
+    frames = [render_frame(seed=999, index=i, difficulty="easy", imgsz=imgsz) for i in range(6)]
+    objects = sum(len(f.boxes) for f in frames)
+    assert objects >= 6
+    for route in (*ecc.model.routes, "auto"):
+        results = ecc.predict([f.image for f in frames], route=route, imgsz=imgsz, conf=0.25, verbose=False)
+        found = 0
+        for frame, result in zip(frames, results):
+            boxes = result.boxes.xyxy.numpy()
+            if len(boxes):
+                iou = _iou(frame.boxes, boxes)
+                hit = iou.max(1) >= 0.5
+                cls_ok = result.boxes.cls.numpy()[iou.argmax(1)] == frame.classes
+                found += int((hit & cls_ok).sum())
+        assert found >= 0.6 * objects, f"route {route}: {found} of {objects} objects found"
+
+
+def test_a_corrupted_copy_of_the_shipped_zoo_is_refused(tmp_path, monkeypatch):
+    for suffix in (".pt", ".json"):
+        shutil.copyfile(zoo.ASSETS / f"{SHIPPED}{suffix}", tmp_path / f"{SHIPPED}{suffix}")
     monkeypatch.setenv(zoo.ZOO_ENV, str(tmp_path))
-    name = _install(tiny_zoo, tmp_path)
-    assert zoo.available() == [name]
-    ecc = ECC(name)  # by name, like `yolo11n.pt`, fully offline
-    model = ecc.model.eval()
-    with torch.no_grad():
-        out = model.run_routes(torch.rand(2, 3, 128, 128))
-    assert {"edge", "adapted", "cloud", "gate"} <= set(out)
-    expected = json.loads((tmp_path / f"{name}.json").read_text())["files"][f"{name}.pt"]["sha256"]
-    assert zoo.sha256(tmp_path / f"{name}.pt") == expected
-
-    with open(tmp_path / f"{name}.pt", "ab") as f:
-        f.write(b"tampered")
-    with pytest.raises(zoo.ZooError, match="does not match its manifest"):
-        ECC(name)
-    (tmp_path / f"{name}.json").unlink()
+    data = bytearray((tmp_path / f"{SHIPPED}.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the weights
+    (tmp_path / f"{SHIPPED}.pt").write_bytes(bytes(data))
+    with pytest.raises(zoo.ZooError, match=f"{SHIPPED}.pt does not match its manifest.*corrupted"):
+        ECC(SHIPPED)
+    (tmp_path / f"{SHIPPED}.json").unlink()
     with pytest.raises(zoo.ZooError, match="no manifest"):
-        zoo.resolve(name)
+        zoo.resolve(SHIPPED)
 
 
 def test_zoo_errors_say_what_is_wrong(tmp_path, monkeypatch):
@@ -57,3 +93,53 @@ def test_every_shipped_zoo_entry_matches_its_manifest_within_the_size_limit():
         name = manifest.stem
         assert (zoo.ASSETS / f"{name}.pt").is_file(), f"{name}: manifest without checkpoint"
         assert zoo.resolve(name) == zoo.ASSETS / f"{name}.pt"
+
+
+@pytest.mark.slow
+def test_the_pipeline_skips_finished_steps_and_resumes_an_interrupted_stage(synth_data, tmp_path):
+    """A training stage killed after its first epoch resumes from last.pt on the re-run (Ultralytics' resume), its
+    record then holds the full schedule; a third run skips it."""
+    out, run_dir = tmp_path / "zoo", tmp_path / "zoo" / "runs" / "cloud"
+    cmd = ["train", f"model={CFG_DIR / 'ecc-tiny-11.yaml'}", "stage=cloud", "epochs=3", "name=cloud",
+           f"data={synth_data}", "imgsz=96", "batch=8", "device=cpu", f"project={run_dir.parent}", "exist_ok=True",
+           "plots=False", "workers=0"]
+    best = run_dir / "weights" / "best.pt"
+    script = (f"from pathlib import Path; from ecc_yolo.zoo_pipeline import Stages; "
+              f"Stages(Path({str(out)!r})).run('cloud', {cmd!r}, Path({str(best)!r}), Path({str(run_dir)!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "YOLO_OFFLINE": "1"})
+    results, last = run_dir / "results.csv", run_dir / "weights" / "last.pt"
+    deadline = time.monotonic() + 300
+    while True:  # stop the run when it holds a complete last.pt of an unfinished epoch, then kill it
+        assert proc.poll() is None and time.monotonic() < deadline, "the first attempt ended before epoch 1 was saved"
+        if last.is_file():
+            os.killpg(proc.pid, signal.SIGSTOP)
+            if (checkpoint_epoch(last) or -1) >= 0:
+                break
+            os.killpg(proc.pid, signal.SIGCONT)  # caught mid-write
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "records" / "cloud.json").exists() and (run_dir / "weights" / "last.pt").is_file()
+    epochs_before = len(results.read_text().splitlines()) - 1
+    assert epochs_before < 3
+
+    stages = Stages(out)
+    entry = stages.run("cloud", cmd, best, run_dir)
+    assert entry["resumed_with"] == f"ecc-yolo train resume={run_dir / 'weights' / 'last.pt'}"
+    assert entry["metrics"]["epochs"] == 3 and entry["seconds"] > 0
+    assert json.loads((out / "records" / "cloud.json").read_text()) == entry
+    mtime = results.stat().st_mtime
+
+    again = Stages(out).run("cloud", cmd, best, run_dir)  # finished: skipped, nothing runs
+    assert again == entry and results.stat().st_mtime == mtime
+
+
+def test_a_checkpoint_cut_off_mid_write_is_not_resumed(tmp_path):
+    """Ultralytics writes last.pt in place: a kill during the write leaves a truncated file, which the pipeline must
+    run again from scratch rather than fail on."""
+    good = tmp_path / "good.pt"
+    torch.save({"epoch": 4, "model": None}, good)
+    truncated = tmp_path / "last.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert checkpoint_epoch(good) == 4 and checkpoint_epoch(truncated) is None

@@ -10,7 +10,8 @@ Real COCO with official weights (internet once, for yolo11n.pt / yolo11l.pt):
 A trained ECC checkpoint or a zoo name on any Ultralytics data YAML:
     python tools/benchmark_coco.py --model runs/ecc/gate/weights/best.pt --data datasets/synth/data.yaml
 
-The synthetic preset: a fresh evaluation split at a seed the zoo never trained on, then the shipped zoo model:
+The synthetic preset: a fresh evaluation split at a seed the zoo never trained on, then the shipped zoo model
+(ecc-synth-q-n-160 unless --model is given), at the image size the model was trained at:
     python tools/benchmark_coco.py --preset synthetic [--seed 4242] [--images 500]
 
 Outputs in --out: curve.csv, summary.json, summary.md, map_vs_offload.png, map_vs_gflops.png, map_vs_kb.png,
@@ -25,10 +26,8 @@ import os
 import sys
 from pathlib import Path
 
-ZOO_MODEL = "ecc-synth-n-s"
 PRESET_SEED = 4242  # never used to generate training data (tools/train_zoo.py trains on seed 0, holds out 12345)
 PRESET_IMAGES = 500
-PRESET_IMGSZ = 256
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +45,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=PRESET_SEED, help="synthetic preset: generator seed")
     p.add_argument("--images", type=int, default=PRESET_IMAGES, help="synthetic preset: number of images")
     p.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
-    p.add_argument("--imgsz", type=int, default=None, help="network input size (default 640; preset 256)")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="network input size (default 640; preset: the model's training size)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="", help="cpu, or a GPU index such as 0")
     p.add_argument("--target", type=float, default=0.99, help="share of the cloud's mAP to reach")
@@ -66,23 +66,25 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the summary."""
     opt = parse(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ecc_yolo import zoo
+    from ecc_yolo.checkpoint import trained_imgsz
     from ecc_yolo.engine.model import ECC
     from ecc_yolo.eval.benchmark import evaluate
     from ecc_yolo.eval.dataset import DatasetError
 
-    imgsz = opt.imgsz or (PRESET_IMGSZ if opt.preset else 640)
-    if opt.preset:
-        from ecc_yolo.data.synthetic import generate_dataset
-
-        data = generate_dataset(Path.cwd() / "datasets" / f"synth-eval-{opt.seed}-{opt.images}-{imgsz}", train=0,
-                                val=opt.images, imgsz=imgsz, seed=opt.seed)
-    else:
-        data = opt.data or opt.coco
     try:
         if opt.cfg:
             ecc = ECC(opt.cfg, edge_model=opt.edge, cloud_model=opt.cloud)
         else:
-            ecc = ECC(opt.model or ZOO_MODEL)
+            ecc = ECC(opt.model or zoo.DEFAULT_MODEL)
+        imgsz = opt.imgsz or (trained_imgsz(ecc.model) if opt.preset else 640)
+        if opt.preset:
+            from ecc_yolo.data.synthetic import generate_dataset
+
+            data = generate_dataset(Path.cwd() / "datasets" / f"synth-eval-{opt.seed}-{opt.images}-{imgsz}", train=0,
+                                    val=opt.images, imgsz=imgsz, seed=opt.seed)
+        else:
+            data = opt.data or opt.coco
         stem = Path(str(data)).parent.name if str(data).endswith((".yaml", ".yml")) else Path(str(data)).name
         out = Path(opt.out or Path.cwd() / "runs" / "bench" / f"{ecc.model.spec.name}-{stem}")
         summary = evaluate(ecc.model, data, out, imgsz=imgsz, batch=opt.batch, device=opt.device,

@@ -15,6 +15,7 @@ Checkpoints (weights/last.pt, best.pt) hold the whole ECCModel; resume=True cont
 
 from __future__ import annotations
 
+import os
 import random
 from copy import copy, deepcopy
 from typing import Any
@@ -141,7 +142,10 @@ class ECCTrainer(DetectionTrainer):
                 "optimizer": self.optimizer.state_dict(),
                 "rng": self._rng_state(),
             }
-            torch.save(state, self.wdir / RESUME_STATE)
+            # written aside and renamed: a run killed mid-write must not leave a truncated state that resume would read
+            partial = self.wdir / f"{RESUME_STATE}.partial"
+            torch.save(state, partial)
+            os.replace(partial, self.wdir / RESUME_STATE)
         return saved
 
     def _rng_state(self) -> dict[str, Any]:
