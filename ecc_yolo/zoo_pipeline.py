@@ -136,10 +136,23 @@ class Stages:
     (`records/<step>.attempt.json` holds the attempts' start times).
     """
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, dry_run: bool = False):
         self.records = out / "records"
-        self.records.mkdir(parents=True, exist_ok=True)
+        self.dry_run = dry_run  # only say what each step would do (plan), run nothing
+        self.plan: list[str] = []
+        if not dry_run:
+            self.records.mkdir(parents=True, exist_ok=True)
         self.log: list[dict] = []
+
+    def _status(self, step: str, output: Path, last: Path | None) -> str:
+        """What running `step` now would do: skip it, resume it, or run it."""
+        if self._record(step).is_file() and output.exists():
+            return "done, skipped"
+        if last is not None and last.is_file():
+            epoch = checkpoint_epoch(last)
+            if epoch is not None and epoch >= 0:
+                return f"resumes after epoch {epoch + 1}"
+        return "runs"
 
     def _record(self, step: str) -> Path:
         return self.records / f"{step}.json"
@@ -148,6 +161,10 @@ class Stages:
         """Run `ecc-yolo <cmd>` unless its record and `output` exist; `run_dir` (training stages) enables resume and
         the per-stage metrics. Returns the step's record."""
         record = self._record(step)
+        if self.dry_run:
+            status = self._status(step, output, run_dir / "weights" / "last.pt" if run_dir else None)
+            self.plan.append(f"{step:<10} {status:<24} ecc-yolo {' '.join(cmd)}")
+            return {"stage": step, "command": "ecc-yolo " + " ".join(cmd), "seconds": 0.0, "metrics": {}}
         if record.is_file() and output.exists():
             entry = json.loads(record.read_text())
             LOGGER.info(f"[zoo] {step}: done before ({entry['seconds']:.0f} s), skipped; {record}")
@@ -220,7 +237,7 @@ def code_version() -> dict:
 
 def train_zoo(preset: str = DEFAULT_PRESET, out: str | Path | None = None, device: str | None = None,
               no_distill: bool = False, epochs_scale: float = 1.0, install: bool = False,
-              tiny: bool = False) -> Path:
+              tiny: bool = False, dry_run: bool = False) -> Path | None:
     """Run the pipeline (see the module docstring), continuing an earlier run in `out`; returns the manifest's path.
 
     Args:
@@ -232,6 +249,7 @@ def train_zoo(preset: str = DEFAULT_PRESET, out: str | Path | None = None, devic
         epochs_scale: multiply every stage's epochs.
         install: copy the checkpoint and manifest into ecc_yolo/assets/ (ships it with the package).
         tiny: shorthand for preset="tiny".
+        dry_run: print what each step would do now (skip, resume or run) and its command; run nothing, return None.
     """
     preset_name = "tiny" if tiny else preset
     if preset_name not in PRESETS:
@@ -239,10 +257,11 @@ def train_zoo(preset: str = DEFAULT_PRESET, out: str | Path | None = None, devic
     preset = PRESETS[preset_name]
     device = device or preset["device"]
     out = Path(out or Path.cwd() / "runs" / "zoo" / preset["name"]).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
     data, heldout, runs = out / "data", out / "heldout", out / "runs"
     imgsz, batch = preset["imgsz"], preset["batch"]
-    stages = Stages(out)
+    stages = Stages(out, dry_run)
     version = code_version()
     LOGGER.info(f"[zoo] preset {preset_name} in {out}; code {version}")
 
@@ -264,8 +283,12 @@ def train_zoo(preset: str = DEFAULT_PRESET, out: str | Path | None = None, devic
         model = str(best)
 
     final = out / f"{preset['name']}.pt"
-    shutil.copyfile(model, final)
     val_name = "heldout_val"
+    if dry_run:
+        stages.run("val", ["val", f"model={final}", f"data={heldout / 'data.yaml'}"], runs / val_name / "summary.json")
+        print(f"zoo preset {preset_name} in {out} (dry run: nothing was run)\n" + "\n".join(stages.plan))
+        return None
+    shutil.copyfile(model, final)
     stages.run("val", ["val", f"model={final}", f"data={heldout / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
                        f"device={device}", f"project={runs}", f"name={val_name}", "exist_ok=True"],
                runs / val_name / "summary.json")

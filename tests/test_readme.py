@@ -1,10 +1,12 @@
 """Every code block of README.md runs (slow: it trains, serves and streams).
 
 The blocks run in one scratch folder standing for the clone's root (cfg/ and tools/ linked in), in README order,
-as a new user would type them. Three blocks are run elsewhere or with care:
+as a new user would type them. Four blocks are run elsewhere or with care:
 - the first one (install, then `ecc-yolo demo`): tests/test_demo.py runs the demo command exactly as written
   (the package is installed already);
 - the test command block: CI runs it (.ci/run reads it from README; tests/test_docs.py checks that);
+- the model zoo block (an hour of training): each command runs with `--dry-run`, which parses its arguments and
+  prints the plan (the pipeline itself is tested by tests/test_zoo.py and tests/test_training.py);
 - the real-COCO block needs a GPU, internet and COCO. It runs with stand-ins: locally built `yolo11n.pt` and
   `yolo11l.pt` (official architectures and class names, untrained), a COCO-named data YAML and a COCO layout made
   of synthetic frames, and CPU settings (device=cpu, imgsz 64, one epoch, batch 8) in place of the GPU ones.
@@ -97,6 +99,11 @@ def test_every_readme_block_runs(tmp_path):
                 assert (tmp_path / "ecc.pt").is_file()
             elif lines[0].startswith('pip install -e ".[dev]" && ') or lines[0].startswith("python -m pytest"):
                 continue  # the two first commands: tests/test_demo.py runs the demo, CI runs the tests
+            elif "tools/train_zoo.py" in code:  # an hour of training: each line is planned (--dry-run), not run
+                for line in lines:
+                    command = line.split("#")[0].strip()
+                    r = run(command if "--dry-run" in command else f"{command} --dry-run", tmp_path)
+                    assert "dry run: nothing was run" in r.stdout and r.stdout.count(" runs ") == 8, r.stdout
             elif "coco.yaml" in code:
                 coco_stand_ins(tmp_path)
                 for line in lines:
@@ -118,4 +125,4 @@ def test_every_readme_block_runs(tmp_path):
         for proc in servers:
             proc.terminate()
             proc.wait(30)
-    assert (tmp_path / "runs" / "ecc" / "cloud" / "weights" / "best-edge.onnx").is_file()
+    assert (tmp_path / "ecc-synth-q-n-160-edge.onnx").is_file()  # a zoo model exports into the current folder

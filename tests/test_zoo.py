@@ -143,3 +143,12 @@ def test_a_checkpoint_cut_off_mid_write_is_not_resumed(tmp_path):
     truncated = tmp_path / "last.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     assert checkpoint_epoch(good) == 4 and checkpoint_epoch(truncated) is None
+
+
+def test_a_dry_run_plans_every_step_and_writes_nothing(tmp_path, capsys):
+    from ecc_yolo.zoo_pipeline import STAGE_ORDER, train_zoo
+
+    assert train_zoo(out=tmp_path / "zoo", dry_run=True) is None
+    plan = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[0] for line in plan] == ["data", "heldout", *STAGE_ORDER, "val"]
+    assert all(line.split()[1] == "runs" for line in plan) and not (tmp_path / "zoo").exists()
