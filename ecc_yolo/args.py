@@ -14,9 +14,10 @@ from typing import Any
 from ultralytics.cfg import get_cfg
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
 
+from ecc_yolo.routes import INFER_ROUTES
+
 ECC_DEFAULTS_FILE = Path(__file__).resolve().parent / "cfg" / "default.yaml"
 STAGES = ("edge", "cloud", "adapt", "gate", "joint", "extension")
-INFER_ROUTES = ("auto", "edge", "cloud", "adapted", "extension")
 JOINT_OBJECTIVES = ("edge", "adapted", "gate")
 SERVE_BACKENDS = ("fastapi", "ray")
 
@@ -24,7 +25,7 @@ SERVE_BACKENDS = ("fastapi", "ray")
 # "float>" (exclusive lower bound), "int>=" (lower bound), "int in" ((low, high), inclusive), "fraction" (0 < x <= 1),
 # "model" (a .pt/.yaml path), "prefs", "text" (a non-empty string), "secret" (None or a non-empty string or number),
 # "url" (None or an http(s):// URL), "budget" (None, a ratio or a bit rate: ecc_yolo.policy.Budget.parse) or
-# "optional int>=" (None or an integer >= the bound)
+# "optional int>=" (None or an integer >= the bound) or "optional number" (None or a number)
 ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
     "stage": ("choice", STAGES),
     "distill": ("bool", None),
@@ -38,6 +39,7 @@ ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
     "prefs": ("prefs", None),
     "offload": ("fraction", None),
     "route": ("choice", INFER_ROUTES),
+    "gate_threshold": ("optional number", None),
     "edge_model": ("model", None),
     "cloud_model": ("model", None),
     "host": ("text", None),
@@ -47,6 +49,8 @@ ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
     "max_wait_ms": ("float>=", 0.0),
     "max_queue": ("int>=", 1),
     "max_body": ("int>=", 1024),
+    "max_concurrency": ("int>=", 1),
+    "max_pixels": ("int>=", 1),
     "backend": ("choice", SERVE_BACKENDS),
     "replicas": ("int>=", 1),
     "cloud": ("url", None),
@@ -61,6 +65,14 @@ def default_project() -> str:
     """Where runs go when no project is given: ./runs/ecc under the current directory (absolute, so that the
     paths `ecc-yolo` prints and the docs use are the same; a relative project= follows Ultralytics' runs_dir)."""
     return str(Path.cwd() / "runs" / "ecc")
+
+
+def command_line(*args: str) -> list[str]:
+    """The argv that runs `ecc-yolo <args>` with this interpreter (whatever is on PATH), for subprocesses: the
+    demo's and the zoo pipeline's steps, the local server."""
+    import sys
+
+    return [sys.executable, "-m", "ecc_yolo", *args]
 
 
 def ecc_defaults() -> dict[str, Any]:
@@ -120,6 +132,8 @@ def check_ecc_values(args: dict[str, Any]) -> None:
                 "empty or an http:// or https:// URL, e.g. http://127.0.0.1:8000"
         elif kind == "budget":
             ok, want = _is_budget(v), "empty, an offload ratio in (0, 1] (e.g. 0.3) or a bit rate (e.g. 200kbps)"
+        elif kind == "optional number":
+            ok, want = v is None or _is_number(v), "empty or a number"
         elif kind == "fraction":
             ok, want = _is_number(v) and 0 < v <= 1, "a number in (0, 1]"
         elif kind == "model":

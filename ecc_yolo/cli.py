@@ -22,7 +22,7 @@ Modes:
              ecc-yolo info model=cfg/ecc-yolo11n-l.yaml imgsz=640 format=json
   synth    write the synthetic, difficulty-controlled dataset (and a video)
              ecc-yolo synth out=datasets/synth train=3000 val=600 imgsz=256 seed=0
-  train    train one stage: stage=edge|cloud|adapt|gate|joint (docs/TRAINING.md)
+  train    train one stage: stage=edge|cloud|adapt|extension|gate|joint (docs/TRAINING.md)
              ecc-yolo train model=cfg/ecc-tiny-11.yaml data=datasets/synth/data.yaml stage=adapt epochs=3
   val      mAP of every route and of the offload decision
              ecc-yolo val model=runs/ecc/adapt/weights/best.pt data=datasets/synth/data.yaml
@@ -45,8 +45,11 @@ class UsageError(ValueError):
 
 
 def parse_pairs(tokens: list[str]) -> dict[str, Any]:
-    """`key=value` tokens -> dict, values typed like Ultralytics does (`smart_value`)."""
+    """`key=value` tokens -> dict, values typed like Ultralytics does (`smart_value`), except secrets (token=), which
+    are taken verbatim: `token=0x10` must not become 16, nor `token=none` turn authentication off."""
     from ultralytics.cfg import merge_equals_args, parse_key_value_pair
+
+    from ecc_yolo.args import ECC_ARG_TYPES
 
     out: dict[str, Any] = {}
     for token in merge_equals_args(tokens):
@@ -56,13 +59,14 @@ def parse_pairs(tokens: list[str]) -> dict[str, Any]:
             key, value = parse_key_value_pair(token)
         except AssertionError as e:
             raise UsageError(str(e)) from None
-        out[key] = value
+        out[key] = token.split("=", 1)[1].strip() if ECC_ARG_TYPES.get(key, ("",))[0] == "secret" else value
     return out
 
 
 def run_info(args: dict[str, Any]) -> None:
     """`ecc-yolo info`: print the cost summary (text, or one JSON object with format=json)."""
-    from ecc_yolo.engine.model import ECC, format_costs
+    from ecc_yolo.costs import format_costs
+    from ecc_yolo.engine.model import ECC
 
     _checked(args)
     fmt = args.get("format", "text")
@@ -112,20 +116,22 @@ def run_train(args: dict[str, Any]) -> None:
 
 def run_val(args: dict[str, Any]) -> None:
     """`ecc-yolo val`: the benchmark, every route and every router (ecc_yolo/eval/benchmark.py)."""
-    _checked(args)
-    if "data" not in args:
-        raise UsageError("val needs data=<data.yaml>")
-    ecc, rest = _model_and_args(args)
-    ecc.val(**rest)
+    _run_mode(args, "val", "data", "data=<data.yaml>")
 
 
 def run_predict(args: dict[str, Any]) -> None:
     """`ecc-yolo predict`: Ultralytics' predict through one route (route=auto lets the gate choose)."""
+    _run_mode(args, "predict", "source", "source=<image, folder or video>", save=True)
+
+
+def _run_mode(args: dict[str, Any], mode: str, required: str, usage: str, **defaults: Any) -> None:
+    """Check the arguments, refuse a missing `required` key (saying `usage`), then run `ECC.<mode>` on the model
+    with the other arguments over `defaults`."""
     _checked(args)
-    if "source" not in args:
-        raise UsageError("predict needs source=<image, folder or video>")
+    if required not in args:
+        raise UsageError(f"{mode} needs {usage}")
     ecc, rest = _model_and_args(args)
-    ecc.predict(**{"save": True, **rest})
+    getattr(ecc, mode)(**{**defaults, **rest})
 
 
 def _serving_args(args: dict[str, Any], mode: str) -> Any:

@@ -23,9 +23,13 @@ Feature payload, format version 1 (all integers little-endian)::
                   `bits` bits per value, padded to a whole byte
     end-4   4     CRC-32 of every byte before it
 
-A value is reconstructed as `code * scale[c] + offset[c]`. Decoding checks every field, every length and the CRC
-before it allocates or decompresses anything large, and raises `PayloadError` (only) on any defect. Nothing is
-ever unpickled.
+A value is reconstructed as `code * scale[c] + offset[c]`; every reconstructed value must be finite and within
++-MAX_LATENT. Decoding checks every field (reserved ones must be zero), every length and the CRC before it
+allocates or decompresses anything large, and raises `PayloadError` (only) on any defect. Nothing is ever unpickled.
+
+Images are checked by the rules of the decoder that will decode them: the frame size of a JPEG is read the way
+libjpeg reads it (`image_size`), on a strict subset of the format where libjpeg cannot read the markers differently,
+and OpenCV decodes only what passed the width, height and pixel caps.
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ FINGERPRINT_BYTES = 16
 MAX_TENSORS = 16
 MAX_SIDE = 16384  # pixels, for image and input sizes
 MAX_VALUES = 1 << 26  # per tensor: guards allocation before anything is decompressed
-MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_PIXELS = 1 << 24  # 16.8 Mpx (4096 x 4096): a 4K UHD frame is 8.3 Mpx
+MAX_LATENT = 65504.0  # largest |reconstructed latent| (float16's max): a crafted scale cannot overflow the cloud
 
-_HEADER = struct.Struct("<4sHBB16s4HB3xII")
-_RECORD = struct.Struct("<HBxHHH2x")
+_HEADER = struct.Struct("<4sHBB16s4HB3sII")
+_RECORD = struct.Struct("<HBBHHHH")
 _CRC = struct.Struct("<I")
 
 
@@ -130,7 +135,7 @@ def encode_features(payload: FeaturePayload, level: int = 6) -> bytes:
         c, h, w = t.shape
         if not 1 <= t.bits <= 8 or (t.codes.size and int(t.codes.max()) >= 1 << t.bits):
             raise ValueError(f"tensor {t.layer}: codes do not fit in {t.bits} bits")
-        records.append(_RECORD.pack(t.layer, t.bits, c, h, w))
+        records.append(_RECORD.pack(t.layer, t.bits, 0, c, h, w, 0))
         records.append(np.asarray(t.scale, "<f4").tobytes() + np.asarray(t.offset, "<f4").tobytes())
         bodies.append(pack_codes(t.codes, t.bits))
     body = b"".join(bodies)
@@ -144,6 +149,7 @@ def encode_features(payload: FeaturePayload, level: int = 6) -> bytes:
         *payload.image_shape,
         *payload.input_shape,
         len(payload.tensors),
+        bytes(3),
         len(body),
         len(sent),
     )
@@ -170,7 +176,8 @@ def decode_features(
         PayloadError: on any defect, with a message saying which.
     """
     try:
-        return _decode_features(bytes(data), expected_fingerprint, expected_shapes, max_bytes)
+        # A view, not a copy: the body was read into one buffer and is not copied again.
+        return _decode_features(memoryview(data).cast("B"), expected_fingerprint, expected_shapes, max_bytes)
     except PayloadError:
         raise
     except (struct.error, zlib.error, ValueError, TypeError, OverflowError, MemoryError) as e:
@@ -183,7 +190,8 @@ def _decode_features(data, expected_fingerprint, expected_shapes, max_bytes) -> 
         raise PayloadError(f"payload of {n} bytes exceeds the {max_bytes}-byte limit")
     if n < _HEADER.size + _CRC.size:
         raise PayloadError(f"payload truncated: {n} bytes is shorter than the {_HEADER.size}-byte header")
-    magic, version, kind, codec, fingerprint, ih, iw, nh, nw, count, raw_len, sent_len = _HEADER.unpack_from(data)
+    magic, version, kind, codec, fingerprint, ih, iw, nh, nw, count, reserved, raw_len, sent_len = \
+        _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise PayloadError("not an ECC feature payload (bad magic)")
     if version != FORMAT_VERSION:
@@ -204,13 +212,17 @@ def _decode_features(data, expected_fingerprint, expected_shapes, max_bytes) -> 
             raise PayloadError(f"{name} {side} out of range 1..{MAX_SIDE}")
     if not 1 <= count <= MAX_TENSORS:
         raise PayloadError(f"tensor count {count} out of range 1..{MAX_TENSORS}")
+    if reserved != bytes(3):
+        raise PayloadError("reserved header bytes are not zero")
 
     pos, specs = _HEADER.size, []
     for _ in range(count):
         if pos + _RECORD.size > n - _CRC.size:
             raise PayloadError("payload truncated inside the tensor records")
-        layer, bits, c, h, w = _RECORD.unpack_from(data, pos)
+        layer, bits, reserved_byte, c, h, w, reserved_word = _RECORD.unpack_from(data, pos)
         pos += _RECORD.size
+        if reserved_byte or reserved_word:
+            raise PayloadError(f"tensor {layer}: reserved record fields are not zero")
         if not 1 <= bits <= 8:
             raise PayloadError(f"tensor {layer}: bits {bits} out of range 1..8")
         if min(c, h, w) < 1 or c * h * w > MAX_VALUES:
@@ -222,6 +234,9 @@ def _decode_features(data, expected_fingerprint, expected_shapes, max_bytes) -> 
         offset = np.frombuffer(data, "<f4", c, pos + 4 * c).astype(np.float32)
         if not (np.isfinite(scale).all() and np.isfinite(offset).all() and (scale > 0).all()):
             raise PayloadError(f"tensor {layer}: non-finite or non-positive quantisation parameters")
+        top = offset.astype(np.float64) + scale.astype(np.float64) * ((1 << bits) - 1)  # largest code's value
+        if np.abs(offset).max() > MAX_LATENT or np.abs(top).max() > MAX_LATENT:
+            raise PayloadError(f"tensor {layer}: quantisation parameters reach values beyond +-{MAX_LATENT:g}")
         pos = end
         specs.append((layer, bits, c, h, w, scale, offset))
     if len({s[0] for s in specs}) != count:
@@ -241,7 +256,10 @@ def _decode_features(data, expected_fingerprint, expected_shapes, max_bytes) -> 
         body = sent
     else:
         inflater = zlib.decompressobj()
-        body = inflater.decompress(sent, raw_len + 1)  # never inflate past what the records promise
+        try:
+            body = inflater.decompress(sent, raw_len + 1)  # never inflate past what the records promise
+        except zlib.error as e:
+            raise PayloadError(f"compressed body is not valid zlib data ({e})") from None
         if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
             raise PayloadError("compressed body does not end where the header says")
     if len(body) != raw_len:
@@ -264,49 +282,92 @@ def encode_jpeg(image_bgr: np.ndarray, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = MAX_IMAGE_PIXELS,
+                 max_side: int = MAX_SIDE) -> np.ndarray:
     """Decode a received JPEG/PNG into a BGR array, refusing anything that is not a reasonable image.
 
+    The frame size is read first, by the decoder's own rules (`image_size`), and checked against the caps before
+    OpenCV allocates anything for the pixels.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: most pixels (width x height).
+        max_side: most pixels along either side.
+
     Raises:
-        PayloadError: not a JPEG/PNG, undecodable, or larger than `max_pixels`.
+        PayloadError: not a JPEG/PNG, a JPEG outside the strict subset `image_size` reads, over a cap, or undecodable.
     """
-    head = bytes(data[:8])
-    if not (head.startswith(b"\xff\xd8\xff") or head.startswith(b"\x89PNG\r\n\x1a\n")):
-        raise PayloadError("image body must be a JPEG or PNG file")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    try:
-        # Read the size from the header first so a decompression bomb is refused before it is decoded.
-        shape = _image_size(bytes(data))
-    except (struct.error, IndexError, ValueError):
-        shape = None
-    if shape is None:
-        raise PayloadError("image header is truncated or corrupt")
-    if shape[0] * shape[1] > max_pixels:
-        raise PayloadError(f"image of {shape[1]}x{shape[0]} pixels exceeds the {max_pixels}-pixel limit")
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    h, w = image_size(data)
+    if bytes(data[:2]) == b"\xff\xd8" and bytes(data[-2:]) != b"\xff\xd9":  # libjpeg would pad it with grey
+        raise PayloadError("JPEG truncated: it does not end with an EOI marker")
+    if h > max_side or w > max_side or h * w > max_pixels:
+        raise PayloadError(f"image of {w}x{h} pixels exceeds the limits ({max_side} pixels a side, "
+                           f"{max_pixels} pixels)")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise PayloadError("image could not be decoded")
+    if image.shape[:2] not in ((h, w), (w, h)):  # (w, h): turned by its EXIF orientation; anything else is a bug
+        raise PayloadError(f"image decoded as {image.shape[1]}x{image.shape[0]}, its header says {w}x{h}")
     return image
 
 
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a PNG IHDR or a JPEG SOF marker, without decoding pixels."""
-    if data.startswith(b"\x89PNG"):
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            return None
-        w, h = struct.unpack(">II", data[16:24])
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG markers accepted before the first scan: baseline, extended and progressive Huffman frames; tables, restart
+# interval, APPn and comments (libjpeg parses or skips each of them by its length). Anything else is refused.
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2))
+_JPEG_SEGMENTS = _JPEG_SOF | {0xC4, 0xDB, 0xDD, 0xFE} | set(range(0xE0, 0xF0))
+_JPEG_SOS = 0xDA
+
+
+def image_size(data: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """(height, width) of the frame the decoder will decode, without decoding pixels.
+
+    PNG: the IHDR chunk, which libpng (and OpenCV's reader) require to be the first chunk. JPEG: the SOF segment, read
+    with libjpeg's marker rules (jdmarker.c) on a strict subset of the format, so that libjpeg cannot read the same
+    bytes differently: libjpeg skips stray bytes and fill bytes between markers and takes a length field below 2 as
+    2, where a naive walk would land elsewhere and find another "frame" (a small one hiding the real one). Here,
+    every marker must follow the previous segment directly, every length must be >= 2 and inside the data, and
+    exactly one frame header (SOF0, SOF1 or SOF2, with the length libjpeg demands) must come before the first scan.
+
+    Raises:
+        PayloadError: not a PNG or JPEG, or a JPEG outside that subset, truncated before its first scan.
+    """
+    data = memoryview(data).cast("B")
+    n = len(data)
+    if bytes(data[:8]) == PNG_SIGNATURE:
+        if n < 33 or bytes(data[12:16]) != b"IHDR" or struct.unpack_from(">I", data, 8)[0] != 13:
+            raise PayloadError("PNG does not start with its IHDR chunk")
+        w, h = struct.unpack_from(">II", data, 16)
+        if not (h and w):
+            raise PayloadError(f"PNG of {w}x{h} pixels")
         return h, w
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
+    if bytes(data[:3]) != b"\xff\xd8\xff":
+        raise PayloadError("image body must be a JPEG or PNG file")
+    pos, frame = 2, None
+    while True:
+        if pos + 4 > n:
+            raise PayloadError("JPEG truncated before its first scan")
         marker = data[pos + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h, w = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return h, w
+        if data[pos] != 0xFF or marker in (0x00, 0xFF):
+            raise PayloadError(f"JPEG has stray or fill bytes at offset {pos} (refused: decoders disagree on them)")
+        if marker not in _JPEG_SEGMENTS and marker != _JPEG_SOS:
+            raise PayloadError(f"JPEG marker 0xFF{marker:02X} at offset {pos} is not accepted before the first scan")
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2 or pos + 2 + length > n:
+            raise PayloadError(f"JPEG segment 0xFF{marker:02X} at offset {pos} has length {length} out of range")
+        if marker in _JPEG_SOF:
+            if frame is not None:
+                raise PayloadError("JPEG has more than one frame header (SOF)")
+            if length < 8:
+                raise PayloadError("JPEG frame header (SOF) truncated")
+            h, w, components = struct.unpack_from(">HHB", data, pos + 5)
+            if length != 8 + 3 * components or components not in (1, 3, 4):
+                raise PayloadError(f"JPEG frame header with {components} components and length {length}")
+            if not (h and w):  # height 0 (defined later by DNL) is refused by libjpeg too
+                raise PayloadError(f"JPEG frame of {w}x{h} pixels")
+            frame = (h, w)
+        elif marker == _JPEG_SOS:
+            if frame is None:
+                raise PayloadError("JPEG scan before its frame header (SOF)")
+            return frame
         pos += 2 + length
-    return None

@@ -18,8 +18,8 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.utils.torch_utils import get_flops
 
 from ecc_yolo.codec import encode_features, encode_jpeg
+from ecc_yolo.infer import input_tensor
 from ecc_yolo.nn.ecc_model import ECCModel
-from ecc_yolo.nn.graph import IMAGE, execute
 
 REFERENCE_IMAGE = Path(ASSETS) / "bus.jpg"
 JPEG_QUALITY = 90
@@ -65,11 +65,6 @@ def letterboxed_reference(imgsz: int) -> np.ndarray:
     return LetterBox(new_shape=(imgsz, imgsz), auto=False)(image=image)
 
 
-def to_tensor(image_bgr: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """BGR uint8 HWC -> RGB float (1, 3, H, W) in 0..1, as Ultralytics feeds its models."""
-    return torch.from_numpy(np.ascontiguousarray(image_bgr[..., ::-1].transpose(2, 0, 1))).float()[None].to(device) / 255
-
-
 def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:
     """GFLOPs per part, payload bytes and parameter counts of an ECC model at `imgsz` (one image).
 
@@ -83,7 +78,7 @@ def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:
     """
     p = next(model.parameters())
     frame = letterboxed_reference(imgsz)
-    img = to_tensor(frame, p.device).to(p.dtype)
+    img = input_tensor([frame], p.device).to(p.dtype)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -133,21 +128,24 @@ def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in costs.items()}
 
 
-def layer_gflops(model: nn.Module, imgsz: int = 640) -> list[float]:
-    """GFLOPs of every layer of an Ultralytics detector at imgsz (for choosing where to cut)."""
-    import thop
-
-    p = next(model.parameters())
-    img = torch.zeros(1, 3, imgsz, imgsz, device=p.device, dtype=p.dtype)
-    model.eval()
-    out = []
-    with torch.no_grad():
-        _, outputs = execute(model, {IMAGE: img}, keep=range(len(model.model)))
-        outputs[IMAGE] = img
-        for m in model.model:
-            from ecc_yolo.nn.graph import layer_sources
-
-            src = layer_sources(m)
-            x = outputs[src[0]] if isinstance(m.f, int) else [outputs[j] for j in src]
-            out.append(2 * thop.profile(m, inputs=[x], verbose=False)[0] / 1e9)
-    return out
+def format_costs(name: str, costs: dict[str, Any]) -> str:
+    """Human-readable cost table."""
+    rows = [
+        ("edge (device)", costs["edge_gflops"], costs["params"]["edge"]),
+        ("adapter encoders (device)", costs["adapter_encoder_gflops"], costs["params"]["adapter_encoders"]),
+        ("gate (device)", costs["gate_gflops"], costs["params"]["gate"]),
+        ("adapter decoders (cloud)", costs["adapter_decoder_gflops"], costs["params"]["adapter_decoders"]),
+        (f"cloud tail from layer {costs['entry']} (cloud)", costs["cloud_tail_gflops"], costs["params"]["cloud_tail"]),
+        ("full cloud (cloud, ECC_I)", costs["cloud_gflops"], costs["params"]["cloud"]),
+    ]
+    lines = [f"ECC {name} at imgsz={costs['imgsz']}, cut tensors {costs['cut']}", f"{'part':<34}{'GFLOPs':>10}{'params':>14}"]
+    lines += [f"{n:<34}{g:>10.3f}{p:>14,}" for n, g, p in rows]
+    lines.append(
+        f"adapted route in the cloud: {costs['adapted_cloud_gflops']:.2f} GFLOPs = "
+        f"{costs['adapted_gflops_ratio']:.1%} of the full cloud"
+    )
+    lines.append(
+        f"payload per frame: features {costs['payload_bytes_features']:,} B vs JPEG(q90) "
+        f"{costs['payload_bytes_jpeg']:,} B ({costs['payload_bytes_ratio']:.1%})"
+    )
+    return "\n".join(lines)

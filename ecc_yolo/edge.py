@@ -5,7 +5,7 @@ and the adapters' encoders whose latents become the feature payload. `EdgeRuntim
 outputs for a letterboxed frame, whatever runs them:
 - `TorchEdge`: an `ECCModel` in PyTorch;
 - `OnnxEdge`: the graph `export_edge_onnx` writes (`ecc-yolo export model=... format=onnx`), run by onnxruntime.
-Both quantise latents with the same code (`ecc_yolo.nn.adapters.quantize`), so a server decodes their payloads alike.
+Both build payloads with the same code (`ecc_yolo.payload.make_payloads`), so a server decodes their payloads alike.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecc_yolo.codec import FeaturePayload, QuantizedTensor
-from ecc_yolo.nn.adapters import quantize
+from ecc_yolo.codec import FeaturePayload
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.payload import latent_bits, make_payloads
 
 METADATA_KEY = "ecc_yolo"  # ONNX metadata entry holding the edge's description (JSON)
 
@@ -68,17 +68,8 @@ class EdgeRuntime:
 
     def payloads(self, outputs: EdgeOutputs, image_shape: tuple[int, int], input_shape: tuple[int, int]
                  ) -> list[FeaturePayload]:
-        """Quantise the latents of each frame into its feature payload."""
-        quantized = {k: quantize(z.float(), self.bits[k]) for k, z in sorted(outputs.latents.items())}
-        out = []
-        for i in range(outputs.edge.shape[0]):
-            tensors = tuple(
-                QuantizedTensor(layer=k, bits=self.bits[k], codes=codes[i].to("cpu", torch.uint8).numpy(),
-                                scale=scale[i].float().cpu().numpy(), offset=offset[i].float().cpu().numpy())
-                for k, (codes, scale, offset) in quantized.items()
-            )
-            out.append(FeaturePayload(self.fingerprint, tuple(image_shape), tuple(input_shape), tensors))
-        return out
+        """Quantise the latents of each frame into its feature payload (`ecc_yolo.payload.make_payloads`)."""
+        return make_payloads(outputs.latents, self.bits, self.fingerprint, image_shape, input_shape)
 
 
 class TorchEdge(EdgeRuntime):
@@ -94,7 +85,7 @@ class TorchEdge(EdgeRuntime):
         self.edge_end2end = bool(getattr(self.model.edge, "end2end", False))
         self.gate_threshold = float(self.model.gate_threshold)
         self.multi_exit = self.model.router is not None
-        self.bits = {int(k): a.bits for k, a in self.model.adapters.items()}
+        self.bits = latent_bits(self.model)
         self._feats: dict[int, torch.Tensor] = {}
 
     @torch.inference_mode()

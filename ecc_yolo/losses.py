@@ -22,8 +22,8 @@ Stages:
            router, a three-way classification of frames as easy / hard / complex (see `exit_labels`), with the
            complex class weighted by `rrb` in the cross-entropy.
     extension  MEANet's extension block, everything else frozen: the detection loss on every frame, plus the same
-           loss again on the frames the main exit handles poorly (the cloud's gain over it exceeds the offload
-           threshold), plus distillation of the cloud's head outputs.
+           loss again on the frames the main exit handles poorly (the cloud's gain over it exceeds POOR_FRAME_GAIN),
+           plus distillation of the cloud's head outputs.
     joint  adapters, gate and (unless freeze=edge) the edge together on the objectives (edge, adapted, gate): a
            preference-weighted sum, or with `pareto=True` the min-norm Pareto descent direction of their gradients.
 """
@@ -40,12 +40,10 @@ from torch import nn
 from ultralytics.utils import nms
 from ultralytics.utils.loss import v8DetectionLoss
 
-from ecc_yolo.nn.ecc_model import DEFAULT_GAIN_THRESHOLD
+from ecc_yolo.infer import VALIDATION_NMS
 from ecc_yolo.pareto import min_norm_weights
 from ecc_yolo.quality import batch_stats, marginal_gains
 
-STAGE_ROUTE = {"edge": "edge", "cloud": "cloud", "adapt": "adapted", "gate": "adapted", "joint": "adapted",
-               "extension": "extension"}
 STAGE_TRAINABLE = {
     "edge": ("edge",),
     "cloud": ("cloud",),
@@ -54,7 +52,10 @@ STAGE_TRAINABLE = {
     "joint": ("edge", "adapters", "gate", "adapted_cloud"),
     "extension": ("extension",),
 }
-GATE_NMS = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}
+GATE_NMS = VALIDATION_NMS  # gain targets are measured on detections made as validation makes them
+EXIT_LABEL_MARGIN = 0.05  # mAP50-95 gain: below it the cloud does not beat the main exit (easy), and the extension
+#                           closes the gap when it comes within it of the cloud (hard)
+POOR_FRAME_GAIN = 0.05  # stage=extension: a frame the main exit handles poorly, the cloud gains more than this
 
 
 def raw_head_output(output: Any) -> dict:
@@ -85,7 +86,7 @@ def gate_loss(predicted: torch.Tensor, target: torch.Tensor, rrb: float) -> torc
     return (weight * residual.square()).mean()
 
 
-def exit_labels(extension_gain: np.ndarray, cloud_gain: np.ndarray, threshold: float = DEFAULT_GAIN_THRESHOLD
+def exit_labels(extension_gain: np.ndarray, cloud_gain: np.ndarray, threshold: float = EXIT_LABEL_MARGIN
                 ) -> np.ndarray:
     """MEANet's difficulty labels (0 easy, 1 hard, 2 complex) from each frame's gains over the main exit.
 
@@ -289,7 +290,7 @@ class ECCLoss:
             imgsz = tuple(img.shape[2:])
             edge = batch_stats(detections(m.edge.model[-1], edge_out), batch, imgsz)
             cloud = batch_stats(detections(m.cloud.model[-1], cloud_out), batch, imgsz)
-            poor = torch.from_numpy(marginal_gains(edge, cloud) > DEFAULT_GAIN_THRESHOLD).to(img.device)
+            poor = torch.from_numpy(marginal_gains(edge, cloud) > POOR_FRAME_GAIN).to(img.device)
         out = m.extension_forward(feats)
         det = self.ext_det(out, batch)[0].sum() / bs
         hard = torch.zeros((), device=img.device)

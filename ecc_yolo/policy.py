@@ -1,10 +1,13 @@
-"""The offload decision: where a frame is answered.
+"""The offload decision: where each frame is answered. `decide` is the one function that makes it.
 
 The gate (`ecc_yolo.nn.gate`) predicts, per frame, the gain in AP50-95 that each offload route would bring over the
-edge. This module turns predictions into decisions:
-- `offload_mask`: offload when the predicted gain exceeds a threshold (what `route=auto` does, threshold = the
-  model's `gate_threshold`);
-- `top_share_mask` / `threshold_for_ratio`: evaluate or calibrate a router at a given offload ratio;
+edge; a multi-exit edge's exit router gives logits over its exits (`ecc_yolo.routes`). `decide` turns either into a
+route per frame, by a threshold (what `route=auto` does: `gate_threshold`, default `GAIN_THRESHOLD`), an offload
+ratio (evaluation at an operating point) or a `BudgetController` (a stream under a budget). The predictor, the stream
+client, the training-time validator and the benchmark's routers all call it. The rest are its building blocks:
+- `offload_mask` / `top_share_mask` / `threshold_for_ratio`: threshold, or take a share of, scores;
+- `three_way_priority` / `three_way_routes`: ECC_D+'s ranking and its JPEG-or-features choice;
+- `exit_probabilities` / `three_exit_choice`: MEANet's exit router;
 - `BudgetController`: move the threshold online so that a stream respects an offload ratio or a bit rate.
 """
 
@@ -14,6 +17,23 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ecc_yolo.routes import (
+    ADAPTED,
+    CLOUD,
+    EDGE,
+    EXIT_CODES,
+    EXTENSION,
+    GATE_ROUTES,
+    MAIN,
+    ROUTE_CODES,
+    exits_to_routes,
+)
+
+# route=auto offloads a frame when the gate expects the adapted route to raise its AP50-95 by more than this (the
+# default of `gate_threshold`, the model's own and the `gate_threshold=` argument's)
+GAIN_THRESHOLD = 0.05
+THREE_WAY_MARGIN = 0.05  # ECC_D+ sends the JPEG when the cloud's predicted gain beats the adapted one by more
 
 
 def offload_mask(scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -81,7 +101,7 @@ class BudgetController:
     """
 
     budget: Budget
-    threshold: float = 0.05
+    threshold: float = GAIN_THRESHOLD
     fps: float = 30.0
     step: float = 0.05
     mean_payload_bytes: float = 0.0
@@ -120,9 +140,6 @@ class BudgetController:
         return self.bytes_sent * 8 / 1000 / (self.decisions / self.fps) if self.decisions else 0.0
 
 
-ROUTE_CODES = {"edge": 0, "adapted": 1, "cloud": 2, "extension": 3}  # how evaluation encodes where a frame was answered
-
-
 def three_way_priority(gains: np.ndarray) -> np.ndarray:
     """ECC_D+ offload priority of each frame: the larger of its predicted gains (adapted, cloud)."""
     return np.asarray(gains).max(axis=1)
@@ -135,11 +152,8 @@ def three_way_routes(gains: np.ndarray, offloaded: np.ndarray, margin: float) ->
     gains = np.asarray(gains)
     codes = np.zeros(len(gains), dtype=np.int64)
     prefer_cloud = gains[:, 1] - gains[:, 0] > margin
-    codes[offloaded] = np.where(prefer_cloud[offloaded], ROUTE_CODES["cloud"], ROUTE_CODES["adapted"])
+    codes[offloaded] = np.where(prefer_cloud[offloaded], ROUTE_CODES[CLOUD], ROUTE_CODES[ADAPTED])
     return codes
-
-
-EXIT_CODES = {"main": 0, "extension": 1, "cloud": 2}  # a multi-exit edge's exits, in the router's output order
 
 
 def exit_probabilities(logits: np.ndarray) -> np.ndarray:
@@ -160,6 +174,96 @@ def three_exit_choice(logits: np.ndarray, offload_ratio: float | None = None) ->
     p = exit_probabilities(logits)
     if offload_ratio is None:
         return p.argmax(axis=1)
-    choice = np.where(p[:, 1] > p[:, 0], EXIT_CODES["extension"], EXIT_CODES["main"])
-    choice[top_share_mask(p[:, 2], offload_ratio)] = EXIT_CODES["cloud"]
+    return _exits(p, top_share_mask(p[:, EXIT_CODES[CLOUD]], offload_ratio))
+
+
+def _exits(p: np.ndarray, complex_: np.ndarray) -> np.ndarray:
+    """Exit codes: the cloud for the frames in `complex_`; of the rest, the extension for those the router rates
+    more likely hard than easy, the main exit otherwise."""
+    choice = np.where(p[:, EXIT_CODES[EXTENSION]] > p[:, EXIT_CODES[MAIN]], EXIT_CODES[EXTENSION], EXIT_CODES[MAIN])
+    choice[complex_] = EXIT_CODES[CLOUD]
     return choice
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where each frame of a batch is answered.
+
+    Attributes:
+        routes: (N,) route codes (`ecc_yolo.routes.ROUTE_CODES`).
+        scores: (N,) what the offload decision ranked or thresholded: the predicted gain of the offload route (for
+            ECC_D+ the larger of the two), or a multi-exit router's probability that the frame is complex.
+    """
+
+    routes: np.ndarray
+    scores: np.ndarray
+
+    def answered_by(self, route: str) -> np.ndarray:
+        """Boolean (N,): the frames `route` answers."""
+        return self.routes == ROUTE_CODES[route]
+
+    @property
+    def offloaded(self) -> np.ndarray:
+        """Boolean (N,): the frames answered by the server (adapted or cloud)."""
+        return self.answered_by(ADAPTED) | self.answered_by(CLOUD)
+
+
+def decide(
+    gains: np.ndarray | None = None,
+    exit_logits: np.ndarray | None = None,
+    *,
+    threshold: float | None = None,
+    ratio: float | None = None,
+    controller: BudgetController | None = None,
+    offload_to: str = ADAPTED,
+    margin: float | None = None,
+) -> Decision:
+    """The per-frame offload (and, on a multi-exit edge, exit) decision.
+
+    Exactly one of `threshold`, `ratio` or `controller` says how many frames go to the cloud; a multi-exit edge may
+    give none (its router's most likely exit decides).
+
+    Args:
+        gains: (N, 2) gains per offload route in `GATE_ROUTES` order (adapted, cloud): the gate's predictions, or
+            true gains for an oracle. Ignored when `exit_logits` is given.
+        exit_logits: (N, 3) a multi-exit edge's router logits (main, extension, cloud). The score is the
+            probability that the frame is complex; frames not sent to the cloud stop at the extension exit when the
+            router rates them more likely hard than easy, otherwise at the main exit. The cloud exit is the adapted
+            route.
+        threshold: offload the frames whose score is above this.
+        ratio: offload exactly round(ratio * N) frames, those with the highest scores (ties broken by order).
+        controller: a stream's budget: `controller.decide(score)` per frame (the caller then `record`s what it sent).
+        offload_to: where an offloaded single-exit frame goes: "adapted" (ECC_D, score: its gain) or "cloud"
+            (ECC_I, score: the cloud's gain).
+        margin: ECC_D+ (three-way): rank frames by the larger gain and send an offloaded frame to the cloud when
+            the cloud's gain beats the adapted one by more than `margin`, else to the adapted route.
+
+    Raises:
+        ValueError: not exactly one of threshold, ratio and controller (for a single-exit edge: at least one).
+    """
+    rules = sum(v is not None for v in (threshold, ratio, controller))
+    if rules > 1 or (rules == 0 and exit_logits is None):
+        raise ValueError("decide needs exactly one of threshold, ratio or controller")
+    if exit_logits is not None:
+        p = exit_probabilities(exit_logits)
+        scores = p[:, EXIT_CODES[CLOUD]]
+        if rules == 0:
+            complex_ = p.argmax(axis=1) == EXIT_CODES[CLOUD]
+        else:
+            complex_ = _offloaded(scores, threshold, ratio, controller)
+        return Decision(exits_to_routes(_exits(p, complex_)), scores)
+    gains = np.asarray(gains)
+    scores = three_way_priority(gains) if margin is not None else gains[:, GATE_ROUTES.index(offload_to)]
+    offloaded = _offloaded(scores, threshold, ratio, controller)
+    if margin is not None:
+        return Decision(three_way_routes(gains, offloaded, margin), scores)
+    return Decision(np.where(offloaded, ROUTE_CODES[offload_to], ROUTE_CODES[EDGE]), scores)
+
+
+def _offloaded(scores: np.ndarray, threshold: float | None, ratio: float | None,
+               controller: BudgetController | None) -> np.ndarray:
+    if ratio is not None:
+        return top_share_mask(scores, ratio)
+    if controller is not None:
+        return np.array([controller.decide(float(s)) for s in scores], dtype=bool)
+    return offload_mask(scores, threshold)

@@ -118,13 +118,6 @@ class ECCSpec:
             },
         }
 
-    def adapter_for(self, cloud_layer: int) -> AdapterSpec:
-        """The adapter that produces cloud tensor `cloud_layer`."""
-        for a in self.adapters:
-            if a.cloud == cloud_layer:
-                return a
-        raise KeyError(cloud_layer)
-
     def with_nc(self, nc: int) -> ECCSpec:
         """Copy of the spec for `nc` classes."""
         return replace(self, nc=nc)

@@ -65,3 +65,10 @@ def test_help_and_version():
 
     assert r.stdout.strip() == __version__
     assert sys.executable  # the console script and the test run in the same environment
+
+
+def test_the_subprocess_command_line_runs_this_ecc_yolo():
+    from ecc_yolo.args import command_line
+
+    r = subprocess.run(command_line("help"), capture_output=True, text=True)
+    assert r.returncode == 0 and "ecc-yolo" in r.stdout

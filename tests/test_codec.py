@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from ecc_yolo.codec import (
+    MAX_LATENT,
     FeaturePayload,
     PayloadError,
     QuantizedTensor,
@@ -18,6 +20,7 @@ from ecc_yolo.codec import (
     decode_image,
     encode_features,
     encode_jpeg,
+    image_size,
     pack_codes,
     unpack_codes,
 )
@@ -64,24 +67,71 @@ def test_round_trip(level):
         assert np.array_equal(a.scale, b.scale) and np.array_equal(a.offset, b.offset)
 
 
-def test_every_truncation_is_refused():
-    data = encode_features(_payload(np.random.default_rng(2)))
-    for n in range(len(data)):
+def _sealed(body: bytes) -> bytes:
+    """`body` followed by its own valid CRC: only the field and length checks can refuse it, not the checksum."""
+    return bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+
+
+def _refused_by_a_field_check(data: bytes) -> str:
+    """Decode `data`, which must be refused by a named check: not the checksum, and not the catch-all that turns a
+    numpy/struct error (a check that is missing) into "malformed payload"."""
+    with pytest.raises(PayloadError) as e:
+        decode_features(data)
+    message = str(e.value)
+    assert "checksum" not in message and not message.startswith("malformed payload"), message
+    return message
+
+
+@pytest.mark.parametrize("level", [0, 6])
+def test_every_truncation_is_refused_by_the_lengths_not_only_the_crc(level):
+    data = encode_features(_payload(np.random.default_rng(2)), level)
+    for n in range(len(data)):  # plain truncation: the CRC alone may catch these
         with pytest.raises(PayloadError):
             decode_features(data[:n])
+    for n in range(len(data) - 4):  # truncated, then given a valid CRC: a length check must catch each one
+        _refused_by_a_field_check(_sealed(data[:n]))
 
 
-def test_random_bit_flips_are_refused():
+def test_bit_flips_in_header_and_records_are_refused_or_canonical():
+    """A flipped bit in the header or the tensor records, with the CRC fixed, is either refused by a named check or
+    yields a payload that is exactly what the bytes say (it re-encodes to the same bytes) and in range."""
     rng = np.random.default_rng(3)
-    data = bytearray(encode_features(_payload(rng)))
-    for _ in range(400):
-        corrupt = bytearray(data)
-        for pos in rng.integers(0, len(data), int(rng.integers(1, 4))):
+    p = _payload(rng)
+    data = encode_features(p, level=0)
+    fields_end = 44 + sum(12 + 8 * t.shape[0] for t in p.tensors)  # header + records (codec docstring)
+    accepted = refused = 0
+    for _ in range(600):
+        corrupt = bytearray(data[:-4])
+        for pos in rng.integers(0, fields_end, int(rng.integers(1, 3))):
             corrupt[pos] ^= 1 << int(rng.integers(0, 8))
-        if corrupt == data:
+        if corrupt == data[:-4]:
             continue
-        with pytest.raises(PayloadError):
-            decode_features(bytes(corrupt))
+        try:
+            q = decode_features(_sealed(corrupt))
+        except PayloadError as e:
+            assert "checksum" not in str(e) and not str(e).startswith("malformed payload"), str(e)
+            refused += 1
+            continue
+        accepted += 1  # e.g. a fingerprint bit, a scale's low mantissa bit: another valid payload
+        assert encode_features(q, level=0)[:-4] == bytes(corrupt)
+        for t in q.tensors:
+            values = t.dequantize()
+            assert np.isfinite(values).all() and (t.scale > 0).all() and np.abs(values).max() <= MAX_LATENT
+    assert refused > 100 and accepted > 10, (refused, accepted)
+
+
+def test_quantisation_parameters_out_of_range_are_refused():
+    p = _payload(np.random.default_rng(10))
+    t = p.tensors[0]
+    for scale, offset, message in [
+        (np.inf, 0.0, "non-finite"), (np.nan, 0.0, "non-finite"), (0.0, 0.0, "non-positive"),
+        (-1.0, 0.0, "non-positive"), (1.0, np.nan, "non-finite"), (1e30, 0.0, "beyond"), (1.0, -1e6, "beyond"),
+        (5000.0, 0.0, "beyond"),  # a 4-bit tensor: offset 0 is fine, but code 15 would be 75000
+    ]:
+        bad = dataclasses.replace(t, scale=np.full_like(t.scale, scale), offset=np.full_like(t.offset, offset))
+        data = encode_features(dataclasses.replace(p, tensors=(bad, *p.tensors[1:])))
+        with pytest.raises(PayloadError, match=message):
+            decode_features(data)
 
 
 def _with_header(data: bytes, offset: int, fmt: str, value) -> bytes:
@@ -102,7 +152,7 @@ def _with_header(data: bytes, offset: int, fmt: str, value) -> bytes:
         (30, "<H", 20000, "input width"),
         (32, "<B", 0, "tensor count"),
         (32, "<B", 200, "tensor count"),
-        (32, "<B", 4, "truncated inside the tensor records|does not match|out of range"),
+        (32, "<B", 4, "truncated inside the tensor records|does not match|out of range|reserved"),
         (36, "<I", 12345, "body length"),
         (40, "<I", 1, "payload length"),
         (44 + 2, "<B", 0, "bits 0"),
@@ -176,13 +226,20 @@ def test_device_cloud_split_through_bytes_equals_the_adapted_route(tiny_ecc, ima
 def test_images_are_checked_before_decoding():
     frame = np.random.default_rng(9).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     jpeg = encode_jpeg(frame)
-    assert decode_image(jpeg).shape == (48, 64, 3)
+    assert decode_image(jpeg).shape == (48, 64, 3) and image_size(jpeg) == (48, 64)
     ok, png = cv2.imencode(".png", frame)
-    assert decode_image(png.tobytes()).shape == (48, 64, 3)
+    assert decode_image(png.tobytes()).shape == (48, 64, 3) and image_size(png.tobytes()) == (48, 64)
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    huge_png = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+                + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
     for bad, message in [
         (b"hello world", "JPEG or PNG"),
-        (jpeg[:20], "truncated or corrupt|could not be decoded"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 4 + b"IHDR" + struct.pack(">II", 100000, 100000), "exceeds"),
+        (jpeg[:20], "truncated before its first scan"),
+        (huge_png, "exceeds the limits"),
     ]:
         with pytest.raises(PayloadError, match=message):
             decode_image(bad)
+    with pytest.raises(PayloadError, match="exceeds the limits"):  # the caps are the caller's
+        decode_image(jpeg, max_pixels=48 * 64 - 1)
+    with pytest.raises(PayloadError, match="exceeds the limits"):
+        decode_image(jpeg, max_side=63)

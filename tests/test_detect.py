@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, ServerProcess, free_port, make_serving_checkpoint
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
 from ecc_yolo.args import get_args
 from ecc_yolo.checkpoint import load_ecc
@@ -20,6 +23,7 @@ from ecc_yolo.codec import decode_features, decode_image, encode_features, encod
 from ecc_yolo.serve.client import EdgeStreamClient, StreamSettings, detect
 from ecc_yolo.serve.engine import CloudEngine, input_tensor
 from ecc_yolo.serve.link import ModelMismatchError
+from ecc_yolo.serve.protocol import FEATURES_PATH, MODEL_PATH, READY_PATH
 from ecc_yolo.serve.server import BackgroundServer, ServerSettings, build_app
 
 IMGSZ = 128
@@ -136,15 +140,15 @@ def test_edge_route_never_contacts_the_cloud_and_matches_predict(serving_ckpt, m
     assert summary["routes"] == {"edge": 30, "extension": 0, "adapted": 0, "cloud": 0, "fallback": 0}
     assert summary["bytes_sent"] == 0 and summary["errors"] == {}
     predicted = ECC(str(serving_ckpt)).predict(str(synth_video), route="edge", imgsz=IMGSZ, verbose=False, stream=True)
-    compared = 0
-    for record, result in zip(records, predicted, strict=True):
+    n_boxes = 0
+    for record, result in zip(records, predicted, strict=True):  # every frame is compared: none is skipped
         want = torch.cat([result.boxes.xyxy, result.boxes.conf[:, None], result.boxes.cls[:, None]], 1).numpy()
         got = boxes(record)
-        if max(got[:, 4].max(initial=0), want[:, 4].max(initial=0)) > 0.999:
-            continue  # saturated confidences tie, and NMS may keep either of two tied boxes: not comparable
+        # The serving checkpoint's confidences stay far from 1 (make_serving_checkpoint), so no two boxes tie there.
+        assert want[:, 4].max(initial=0) < 0.99, "saturated confidences: NMS may keep either of two tied boxes"
         assert_close(got, want, atol=0.05)
-        compared += 1
-    assert compared or all(boxes(r)[:, 4].max(initial=0) > 0.999 for r in records)
+        n_boxes += len(got)
+    assert n_boxes >= len(records)  # there was something to compare
 
 
 def test_auto_route_offloads_exactly_the_frames_the_gate_picks(server, model, synth_video, tmp_path):
@@ -172,13 +176,54 @@ def test_budget_moves_the_threshold_online(server, model, synth_video, tmp_path)
     assert summary["offload_ratio"] < 0.5  # the gate's threshold alone offloads about half
 
 
-def test_a_server_with_another_model_is_refused(server, synth_video, tmp_path):
+def test_a_server_with_another_model_is_refused(server, serving_ckpt, synth_video, tmp_path):
     other, _ = load_ecc(make_serving_checkpoint(tmp_path / "other.pt", seed=1))
     with pytest.raises(ModelMismatchError, match="fingerprint"):
         run_detect(other, tmp_path, source=str(synth_video), route="adapted", cloud=server.url)
-    same, _ = load_ecc(make_serving_checkpoint(tmp_path / "same.pt"))  # the served weights again
+    # The served checkpoint itself (rebuilding it is not bit-exact once Ultralytics' select_device has set torch to
+    # one thread: BatchNorm statistics are reduced in another order).
+    same, _ = load_ecc(serving_ckpt)
     with pytest.raises(ModelMismatchError, match="exceeds the server's input size"):
         run_detect(same, tmp_path / "big", source=str(synth_video), route="adapted", cloud=server.url, imgsz=160)
+
+
+def fake_cloud(serving_ckpt, answer) -> tuple[FastAPI, list]:
+    """A server that describes the served model like the real one (so the client connects) but answers feature
+    requests with `answer(n)` (n: the request's index); returns the app and the list of requests it received."""
+    engine = CloudEngine.from_checkpoint(serving_ckpt, imgsz=IMGSZ)
+    app, received, info = FastAPI(), [], engine.describe()
+    app.state.settings = ServerSettings(timeout=1.0)  # BackgroundServer's uvicorn options: a short graceful shutdown
+
+    @app.get(READY_PATH)
+    async def ready() -> dict:
+        return {"status": "ready"}
+
+    @app.get(MODEL_PATH)
+    async def model() -> dict:
+        return info
+
+    @app.post(FEATURES_PATH)
+    async def detect_features(request: Request) -> Response:
+        received.append(len(await request.body()))
+        return await answer(len(received) - 1)
+
+    return app, received
+
+
+def stream_against(model, url: str, video, timeout: float = 5.0) -> tuple[list[dict], dict]:
+    """Stream `video` at a live-like pace with a fast back-off, so several requests go out; (records, summary)."""
+    settings = StreamSettings(route="adapted", imgsz=(IMGSZ, IMGSZ), cloud=url, timeout=timeout, max_inflight=2,
+                              backoff=(0.02, 0.05))
+    client = EdgeStreamClient(model, settings)
+    try:
+        assert client.connect()
+        records = []
+        for result in client.stream(str(video)):
+            records.append(result.record)
+            time.sleep(0.03)
+        return records, client.summary()
+    finally:
+        client.close()
 
 
 def test_an_unreachable_cloud_falls_back_on_every_frame(model, synth_video, tmp_path):
@@ -186,6 +231,48 @@ def test_an_unreachable_cloud_falls_back_on_every_frame(model, synth_video, tmp_
                                   cloud=f"http://127.0.0.1:{free_port()}", timeout=1.0)
     assert summary["frames"] == 30 and summary["fallbacks"] == 30 and len(records) == 30
     assert {r["route"] for r in records} == {"fallback"} and all(r["bytes_sent"] == 0 for r in records)
+    assert summary["errors"] == {"cloud_unavailable": 30}  # nothing was sent: it never connected
+
+
+def test_a_cloud_that_never_answers_costs_each_sent_frame_its_timeout_only(serving_ckpt, model, synth_video):
+    """Requests are sent and never answered: each such frame falls back at its timeout, counted as "timeout"."""
+    async def hang(n: int) -> Response:
+        await asyncio.sleep(60)
+
+    app, received = fake_cloud(serving_ckpt, hang)
+    with BackgroundServer(app) as srv:
+        t0 = time.monotonic()
+        records, summary = stream_against(model, srv.url, synth_video, timeout=0.5)
+        seconds = time.monotonic() - t0
+    assert [r["frame"] for r in records] == list(range(30)) and summary["fallbacks"] == 30
+    assert len(received) >= 2 and summary["errors"]["timeout"] >= 2  # requests did go out, and timed out
+    assert sum(summary["errors"].values()) == 30 and set(summary["errors"]) <= {"timeout", "cloud_unavailable"}
+    assert seconds < 30
+
+
+def test_malformed_answers_fall_back_per_frame_and_never_end_the_stream(serving_ckpt, model, synth_video):
+    """A server answering 200 with garbage: not JSON, not a detect answer, a NaN box, an answer for another frame.
+    Each such frame gets its edge result, counted as "bad_answer"; the stream goes on."""
+    good_shape = [96, 128]
+    bad = [
+        Response(b"<html>not json</html>", media_type="text/html"),
+        JSONResponse({"detections": "none"}),
+        Response(b'{"route": "adapted", "image_shape": [96, 128], "detections": [{"xyxy": [NaN, 0, 1, 1], '
+                 b'"conf": 0.5, "cls": 0}]}', media_type="application/json"),
+        JSONResponse({"route": "adapted", "image_shape": [1, 1], "detections": []}),  # another frame's answer
+        JSONResponse({"route": "cloud", "image_shape": good_shape, "detections": []}),  # another route's
+        JSONResponse([1, 2, 3]),
+    ]
+
+    async def garbage(n: int) -> Response:
+        return bad[n % len(bad)]
+
+    app, received = fake_cloud(serving_ckpt, garbage)
+    with BackgroundServer(app) as srv:
+        records, summary = stream_against(model, srv.url, synth_video)
+    assert [r["frame"] for r in records] == list(range(30)) and summary["fallbacks"] == 30
+    assert len(received) >= len(bad) and summary["errors"]["bad_answer"] == len(received)
+    assert sum(summary["errors"].values()) == 30
 
 
 def test_refusals_fall_back_per_frame(serving_ckpt, model, synth_video, tmp_path):

@@ -290,3 +290,49 @@ def test_fast_map_equals_pycocotools_on_random_mixes(tmp_path):
         assert ev.fast_map(assignment) == pytest.approx(ev.map(assignment), abs=1e-12)
     gains = ev.marginal_gains("cloud")
     assert gains.shape == (30,) and np.isfinite(gains).all()
+
+
+def test_fast_map_on_an_image_subset_and_chunked_gains_equal_pycocotools(tmp_path):
+    dataset = _coco_dataset(tmp_path, n_images=20, seed=5)
+    routes = {"edge": _detections(dataset, 1, 10, 0.4, 2), "cloud": _detections(dataset, 2, 3, 0.1, 1)}
+    ev = RouteMixEvaluator(dataset, routes)
+    subset = np.arange(20) >= 12
+    assignment = np.random.default_rng(1).integers(0, 2, 20)
+    assert ev.fast_map(assignment, subset) == pytest.approx(ev.map(assignment, subset), abs=1e-12)
+    gains = ev.marginal_gains("cloud", chunk=8)  # groups 0-7, 8-15, 16-19
+    base = np.zeros(20, dtype=np.int64)
+    group = (np.arange(20) >= 16)
+    switched = base.copy()
+    switched[17] = 1
+    expected = (ev.map(switched, group)[0] - ev.map(base, group)[0]) * 4
+    assert gains[17] == pytest.approx(expected, abs=1e-9)
+    assert not np.allclose(gains, ev.marginal_gains("cloud"))  # groups change what an image's gain is measured on
+
+
+@pytest.mark.slow
+def test_training_validation_and_the_benchmark_report_the_same_map(tiny_zoo, tmp_path):
+    """Training-time validation (`ECCValidator`) and `ecc-yolo val` score the same images with one mAP: every route
+    and ECC_D at the operating offload ratio agree within 0.002. The benchmark is the zoo pipeline's own
+    `ecc-yolo val model=ecc-synth-tiny.pt data=heldout/data.yaml imgsz=128 batch=16` (runs/heldout_val)."""
+    import csv
+
+    from ecc_yolo.engine.validator import ECCValidator
+
+    ckpt, data = tiny_zoo / "ecc-synth-tiny.pt", tiny_zoo / "heldout" / "data.yaml"
+    bench = tiny_zoo / "runs" / "heldout_val"
+    v = ECCValidator(args=dict(model=str(ckpt), data=str(data), imgsz=128, batch=16, plots=False, stage="gate",
+                               offload=0.3, device="cpu", project=str(tmp_path), name="val", exist_ok=True))
+    v(model=str(ckpt))
+    summary = json.loads((bench / "summary.json").read_text())
+    assert summary["imgsz"] == 128 and summary["data"] == str(data)
+    rows = list(csv.DictReader(open(bench / "curve.csv")))
+    eccd = next(r for r in rows if r["router"] == "ECC_D" and float(r["ratio"]) == pytest.approx(0.3))
+    pairs = {"ECC_D": (v.metrics.ecc["metrics/eccd_mAP50-95(B)"], float(eccd["map"])),
+             "ECC_D mAP50": (v.metrics.ecc["metrics/eccd_mAP50(B)"], float(eccd["map50"]))}
+    for route in v.routes:
+        pairs[route] = (v.metrics.ecc[f"metrics/{route}_mAP50-95(B)"], summary[f"{route}_map"])
+        pairs[f"{route} mAP50"] = (v.metrics.ecc[f"metrics/{route}_mAP50(B)"], summary[f"{route}_map50"])
+    assert summary["images"] == len(v.gate_scores_all)
+    assert max(b for _, b in pairs.values()) > 0, "nothing detected: the comparison would be vacuous"
+    off = {k: (a, b) for k, (a, b) in pairs.items() if abs(a - b) > 0.002}
+    assert not off, f"validation vs benchmark: {off}"

@@ -77,7 +77,7 @@ def test_costs_are_counted_exit_by_exit(meanet):
                                                       "annotations": [], "categories": [{"id": 1, "name": "0"}]},
                           {0: 1})
     sweep = RouterSweep(cache, RouteMixEvaluator(dataset, detections))
-    from ecc_yolo.eval.routers import exits_to_routes
+    from ecc_yolo.routes import exits_to_routes
 
     point = sweep.point("MEANet", exits_to_routes(three_exit_choice(logits)), 1 / 6)
     assert point.extension_share == pytest.approx(0.5) and point.adapted_share == pytest.approx(1 / 6)

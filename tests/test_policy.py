@@ -8,10 +8,13 @@ import pytest
 from ecc_yolo.policy import (
     Budget,
     BudgetController,
+    decide,
     offload_mask,
+    three_exit_choice,
     threshold_for_ratio,
     top_share_mask,
 )
+from ecc_yolo.routes import ADAPTED, CLOUD, EDGE, EXTENSION, ROUTE_CODES, exits_to_routes
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 0.3, 0.5, 1.0])
@@ -53,3 +56,36 @@ def test_controller_tracks_a_bit_rate():
         c.record(off, 4000 if off else 0)  # each offload costs 4000 bytes: about a quarter of frames fit
     assert abs(c.kbps - 80.0) / 80.0 < 0.1
     assert abs(c.offload_ratio - 0.25) < 0.05
+
+
+def test_decide_single_exit_by_threshold_ratio_and_controller():
+    gains = np.array([[0.2, 0.0], [0.01, 0.5], [0.06, 0.07], [-0.1, 0.3]])  # (adapted, cloud) per frame
+    by_threshold = decide(gains, threshold=0.05)
+    assert by_threshold.routes.tolist() == [ROUTE_CODES[ADAPTED], ROUTE_CODES[EDGE], ROUTE_CODES[ADAPTED],
+                                            ROUTE_CODES[EDGE]]
+    assert by_threshold.scores.tolist() == gains[:, 0].tolist() and by_threshold.offloaded.sum() == 2
+    ecc_i = decide(gains, ratio=0.5, offload_to=CLOUD)  # ranked by the cloud's gain
+    assert ecc_i.answered_by(CLOUD).tolist() == [False, True, False, True]
+    controller = BudgetController(Budget(ratio=0.5), threshold=0.1)
+    assert decide(gains, controller=controller).answered_by(ADAPTED).tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match="exactly one"):
+        decide(gains, threshold=0.05, ratio=0.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        decide(gains)
+
+
+def test_decide_three_way_sends_the_jpeg_only_when_the_cloud_beats_features_by_the_margin():
+    gains = np.array([[0.2, 0.21], [0.01, 0.5], [0.0, 0.0], [0.3, 0.1]])
+    routes = decide(gains, ratio=0.75, margin=0.05).routes  # ranked by the larger gain: frames 1, 3, 0 offloaded
+    assert routes.tolist() == [ROUTE_CODES[ADAPTED], ROUTE_CODES[CLOUD], ROUTE_CODES[EDGE], ROUTE_CODES[ADAPTED]]
+
+
+def test_decide_multi_exit_is_the_routers_choice_and_respects_a_ratio():
+    logits = np.random.default_rng(3).normal(size=(50, 3)) * 2
+    own = decide(exit_logits=logits)
+    assert np.array_equal(own.routes, exits_to_routes(three_exit_choice(logits)))
+    at_ratio = decide(exit_logits=logits, ratio=0.2)
+    assert np.array_equal(at_ratio.routes, exits_to_routes(three_exit_choice(logits, 0.2)))
+    assert at_ratio.answered_by(ADAPTED).sum() == 10  # the cloud exit is answered by the adapted route
+    hard = np.array([[0.0, 5.0, 1.0]])  # more likely hard than easy, not sent: the extension exit answers it
+    assert decide(exit_logits=hard, threshold=0.9).answered_by(EXTENSION).tolist() == [True]

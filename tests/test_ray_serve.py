@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import numpy as np
 import pytest
@@ -19,11 +21,13 @@ from ecc_yolo.serve.server import ServerSettings
 RAY_TEST_ENV = {"RAY_worker_niceness": "0", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
 
 
-def _start_serve(serve, port: int) -> None:
-    """`serve.start`, tolerating Ray's fixed 60 s driver-side wait for the proxy: the controller keeps starting it and
-    the caller polls the health route until it answers."""
+def _start_serve(serve, settings: ServerSettings, port: int) -> None:
+    """`serve.start` with the settings' proxy options, tolerating Ray's fixed 60 s driver-side wait for the proxy: the
+    controller keeps starting it and the caller polls the health route until it answers."""
+    from ecc_yolo.serve.ray_app import http_options
+
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options=http_options(settings, "127.0.0.1", port))
     except TimeoutError:
         pass
 
@@ -41,8 +45,9 @@ def test_ray_serve_answers_through_the_same_app(serving_ckpt, monkeypatch):
         monkeypatch.setenv(name, value)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        _start_serve(serve, port)
-        settings = ServerSettings(token="t", max_batch=4, max_wait_ms=5)
+        # One request at a time per replica, one more queued at the proxy: a burst must meet Ray's backpressure.
+        settings = ServerSettings(token="t", max_batch=4, max_wait_ms=5, max_concurrency=1, max_queue=1, timeout=60)
+        _start_serve(serve, settings, port)
         serve.run(ray_application(str(serving_ckpt), settings, {"imgsz": 128}, replicas=1), name=DEPLOYMENT_NAME,
                   route_prefix="/")
         url = f"http://127.0.0.1:{port}"
@@ -59,6 +64,12 @@ def test_ray_serve_answers_through_the_same_app(serving_ckpt, monkeypatch):
             assert bad.status_code == 400 and bad.json()["error"]["kind"] == "bad_payload"
             assert c.post(IMAGE_PATH, content=encode_jpeg(image)).status_code == 401
             assert 'ecc_requests_total{route="cloud",status="200"}' in c.get(METRICS_PATH).text
+            with ThreadPoolExecutor(12) as pool:  # overload: 12 at once against 1 running + 1 queued
+                burst = list(pool.map(lambda _: c.post(IMAGE_PATH, content=encode_jpeg(image),
+                                                       headers=bearer_header("t")), range(12)))
+            statuses = [r.status_code for r in burst]
+            assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+            assert all(int(r.headers["retry-after"]) >= 1 for r in burst if r.status_code == 503)
     finally:
         serve.shutdown()
         ray.shutdown()

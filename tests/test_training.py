@@ -15,10 +15,10 @@ import torch
 from conftest import CFG_DIR, REPO, train_args
 
 from ecc_yolo.checkpoint import load_ecc
-from ecc_yolo.costs import to_tensor
 from ecc_yolo.engine.model import ECC
 from ecc_yolo.engine.trainer import RESUME_STATE, ECCTrainer
 from ecc_yolo.engine.validator import ECCValidator
+from ecc_yolo.infer import input_tensor
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.policy import top_share_mask
 
@@ -209,7 +209,7 @@ def test_adapt_stage_lowers_feature_loss_and_raises_adapted_map(tiny_zoo):
     for key, adapter in after.adapters.items():
         before.adapters[key].set_target_stats(adapter.target_mean, adapter.target_std)
     files = sorted((tiny_zoo / "heldout" / "images" / "val").glob("*.jpg"))
-    images = torch.cat([to_tensor(cv2.imread(str(f))) for f in files])
+    images = torch.cat([input_tensor([cv2.imread(str(f))]) for f in files])
     with torch.no_grad():
         distance = [m.feature_distance(m.adapt(m.edge_features(images)), m.cloud_cuts(images)) for m in (before, after)]
     assert distance[1] < distance[0]

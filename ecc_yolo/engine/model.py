@@ -101,6 +101,8 @@ class ECC(Model):
         """Log and return the cost summary at `imgsz`."""
         costs = self.costs(imgsz)
         if verbose:
+            from ecc_yolo.costs import format_costs
+
             LOGGER.info(format_costs(self.model.spec.name, costs))
         return costs
 
@@ -118,7 +120,7 @@ class ECC(Model):
         check_keys(kwargs)
         return super().train(trainer=trainer, **kwargs)
 
-    def val(self, validator=None, **kwargs: Any) -> dict[str, Any]:
+    def val(self, validator=None, **kwargs: Any) -> Any:
         """Benchmark every route and router on a dataset (see `ecc_yolo.eval.benchmark.evaluate`).
 
         Runs the edge, the adapted route and the full cloud once on every image, then sweeps the offload ratio for
@@ -126,10 +128,13 @@ class ECC(Model):
         into project/name, and returns the summary (mAP values are mAP50-95 in 0..1).
 
         Args:
-            validator: not used (the trainer's per-epoch validation is `ECCValidator`).
+            validator: a validator class to run instead, as in Ultralytics (e.g. `ECCValidator`, the trainer's
+                per-epoch validation); its metrics are returned.
             **kwargs: data (data YAML or COCO layout folder; required), imgsz, batch, device, plots, project, name,
                 exist_ok, and max_images (evaluate the first N images).
         """
+        if validator is not None:
+            return super().val(validator=validator, **kwargs)
         from ultralytics.cfg import get_save_dir
 
         from ecc_yolo.args import get_args
@@ -146,26 +151,3 @@ class ECC(Model):
         self.metrics = evaluate(self.model, args.data, out, imgsz=imgsz, batch=args.batch, device=args.device,
                                 max_images=args.max_images, plots=args.plots)
         return self.metrics
-
-
-def format_costs(name: str, costs: dict[str, Any]) -> str:
-    """Human-readable cost table."""
-    rows = [
-        ("edge (device)", costs["edge_gflops"], costs["params"]["edge"]),
-        ("adapter encoders (device)", costs["adapter_encoder_gflops"], costs["params"]["adapter_encoders"]),
-        ("gate (device)", costs["gate_gflops"], costs["params"]["gate"]),
-        ("adapter decoders (cloud)", costs["adapter_decoder_gflops"], costs["params"]["adapter_decoders"]),
-        (f"cloud tail from layer {costs['entry']} (cloud)", costs["cloud_tail_gflops"], costs["params"]["cloud_tail"]),
-        ("full cloud (cloud, ECC_I)", costs["cloud_gflops"], costs["params"]["cloud"]),
-    ]
-    lines = [f"ECC {name} at imgsz={costs['imgsz']}, cut tensors {costs['cut']}", f"{'part':<34}{'GFLOPs':>10}{'params':>14}"]
-    lines += [f"{n:<34}{g:>10.3f}{p:>14,}" for n, g, p in rows]
-    lines.append(
-        f"adapted route in the cloud: {costs['adapted_cloud_gflops']:.2f} GFLOPs = "
-        f"{costs['adapted_gflops_ratio']:.1%} of the full cloud"
-    )
-    lines.append(
-        f"payload per frame: features {costs['payload_bytes_features']:,} B vs JPEG(q90) "
-        f"{costs['payload_bytes_jpeg']:,} B ({costs['payload_bytes_ratio']:.1%})"
-    )
-    return "\n".join(lines)

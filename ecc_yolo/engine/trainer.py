@@ -4,7 +4,8 @@ The training loop, optimizer, scheduler, EMA, AMP, checkpoints, resume, early st
 What a stage changes:
     - which parts are trainable (`ecc_yolo.losses.STAGE_TRAINABLE`); the rest is frozen after Ultralytics' own
       freezing pass and kept in eval mode, so its BatchNorm statistics do not move;
-    - the objective (`ecc_yolo.losses.ECCLoss`), returned by the model's `loss` like any YOLO loss;
+    - the objective (`ecc_yolo.losses.ECCLoss`), built here and set as the model's `criterion`, so the model's
+      `loss` returns it like any YOLO loss;
     - validation (`ECCValidator`): every route side by side, fitness on the stage's own metric;
     - stage=edge with distill=True: Ultralytics' DistillationModel, with the ECC's own cloud as the teacher
       (written to weights/teacher.pt so that resume can rebuild it, as Ultralytics expects);
@@ -28,9 +29,10 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ecc_yolo.args import all_defaults, check_ecc_values, check_keys, default_project
-from ecc_yolo.engine.validator import ECCValidator, find_ecc
-from ecc_yolo.losses import STAGE_ROUTE, STAGE_TRAINABLE
-from ecc_yolo.nn.ecc_model import PARTS, ECCModel
+from ecc_yolo.engine.validator import ECCValidator
+from ecc_yolo.losses import STAGE_TRAINABLE, ECCLoss
+from ecc_yolo.nn.ecc_model import PARTS, ECCModel, find_ecc
+from ecc_yolo.routes import STAGE_ROUTE
 
 RESUME_STATE = "last_state.pt"  # exact-resume state kept beside last.pt while a run is unfinished
 
@@ -86,12 +88,14 @@ class ECCTrainer(DetectionTrainer):
         LOGGER.info(f"Distilling the edge from the ECC's cloud ({self.wdir / 'teacher.pt'})")
 
     def set_model_attributes(self):
-        """Names, nc and args on the ECC model and on both detectors."""
+        """Names, nc and args on the ECC model and on both detectors; the stage's criterion (the model is on its
+        device by now, and the EMA copy made next takes its own copy of it)."""
         super().set_model_attributes()
         ecc = find_ecc(self.model)  # under a distillation wrapper, Ultralytics set these on the wrapper only
         ecc.nc, ecc.names, ecc.args = self.data["nc"], self.data["names"], self.args
         for part in (ecc.edge, ecc.cloud):
             part.nc, part.names, part.args = ecc.nc, ecc.names, self.args
+        ecc.criterion = ECCLoss(ecc)
 
     def _build_train_pipeline(self):
         """Dataloaders, then (stage=adapt) whitening calibration before the EMA copies the model."""

@@ -22,6 +22,8 @@ from ecc_yolo.eval.dataset import load_dataset
 from ecc_yolo.eval.report import plot_all, write_curve_csv, write_summary
 from ecc_yolo.eval.routers import RATIOS, RouterSweep, auc, first_reaching
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.policy import decide
+from ecc_yolo.routes import CLOUD, EXIT_ROUTES, EXITS, ROUTE_CODES
 
 GOAL_OFFLOAD = 0.5  # ECC_D / ECC_D+ should reach the target at an offload ratio <= this
 GOAL_AUC = 0.90  # ... with an area under the curve >= this share of the oracle's
@@ -129,24 +131,22 @@ def summarise(curves: dict, cache, evaluator: RouteMixEvaluator, dataset, target
 def multi_exit_summary(curves: dict, sweep: RouterSweep, dataset) -> dict[str, Any]:
     """The three-exit system: its own decision (shares per exit, device GFLOPs, mAP), how it compares with ECC_D at
     equal offload ratio, and the confusion matrix between generated difficulty and chosen exit."""
-    from ecc_yolo.eval.routers import exits_to_routes
-    from ecc_yolo.policy import three_exit_choice
-
-    choice = three_exit_choice(sweep.cache.router)
-    own = sweep.point("MEANet", exits_to_routes(choice), float((choice == 2).mean()))
+    routes = decide(exit_logits=sweep.cache.router).routes  # the router's own decision: its most likely exit
+    exit_of = {name: routes == ROUTE_CODES[EXIT_ROUTES[name]] for name in EXITS}
+    own = sweep.point("MEANet", routes, float(exit_of[CLOUD].mean()))
     meanet, ecc_d = curves["MEANet"], curves["ECC_D"]
     inner = range(1, len(meanet) - 1)  # both curves share their endpoints
     out = {
         "own_decision": own.row(),
-        "exit_shares": {name: float((choice == code).mean()) for code, name in enumerate(("main", "extension", "cloud"))},
+        "exit_shares": {name: float(chosen.mean()) for name, chosen in exit_of.items()},
         "ratios_at_least_ecc_d": float(np.mean([meanet[i].map >= ecc_d[i].map for i in inner])),
         "mean_gain_over_ecc_d": float(np.mean([meanet[i].map - ecc_d[i].map for i in inner])),
     }
     levels = [d for d in dict.fromkeys(dataset.difficulty) if d]
     if levels:
         difficulty = np.array(dataset.difficulty)
-        out["confusion"] = {level: {name: int(np.sum((difficulty == level) & (choice == code)))
-                                    for code, name in enumerate(("main", "extension", "cloud"))} for level in levels}
+        out["confusion"] = {level: {name: int(np.sum((difficulty == level) & chosen))
+                                    for name, chosen in exit_of.items()} for level in levels}
     return out
 
 

@@ -17,14 +17,16 @@ import cv2
 import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
-from ultralytics.utils import TQDM, nms, ops
+from ultralytics.utils import TQDM
 
 from ecc_yolo.codec import encode_features, encode_jpeg
 from ecc_yolo.costs import JPEG_QUALITY, ecc_costs
 from ecc_yolo.eval.dataset import EvalDataset
-from ecc_yolo.nn.ecc_model import EXTENSION, ECCModel
+from ecc_yolo.infer import VALIDATION_NMS, detections, input_tensor, route_end2end
+from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.routes import ADAPTED, CLOUD, EDGE, EXTENSION
 
-EVAL_NMS = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}  # Ultralytics' validation settings
+EVAL_NMS = VALIDATION_NMS  # what the cache records it was made with
 CACHE_VERSION = 2
 
 
@@ -105,10 +107,9 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
     model = model.to(device).eval()
     fingerprint = model.fingerprint()
     letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
-    end2end = {"edge": model.edge.end2end, "adapted": model.cloud.end2end, "cloud": model.cloud.end2end,
-               EXTENSION: False}
+    end2end = route_end2end(model)
     keep = model.device_layers
-    detections: dict[str, list[np.ndarray]] = {r: [] for r in model.routes}
+    found: dict[str, list[np.ndarray]] = {r: [] for r in model.routes}
     gate, router, feature_bytes, jpeg_bytes = [], [], [], []
     starts = range(0, len(dataset), batch)
     bar = TQDM(starts, total=len(starts), desc="running edge, adapted and cloud routes") if progress else starts
@@ -116,25 +117,22 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
         files = dataset.files[start : start + batch]
         originals = [cv2.imread(str(f)) for f in files]
         frames = [letterbox(image=im) for im in originals]
-        x = torch.from_numpy(np.stack([f[..., ::-1].transpose(2, 0, 1) for f in frames]).copy()).to(device)
-        x = x.float() / 255
+        x = input_tensor(frames, device)
         edge_out, feats = model.edge_forward(x, keep=keep)
-        outputs = {"edge": edge_out, "adapted": model.adapted_tail(model.adapt(feats)), "cloud": model.cloud_forward(x)}
+        outputs = {EDGE: edge_out, ADAPTED: model.adapted_tail(model.adapt(feats)), CLOUD: model.cloud_forward(x)}
         gate.append(model.gate_scores(feats, edge_out).float().cpu().numpy())
         if model.extension is not None:
             outputs[EXTENSION] = model.extension_forward(feats)
             router.append(model.exit_logits(feats, edge_out).float().cpu().numpy())
         payloads = model.payloads_from_features(feats, (0, 0), (imgsz, imgsz), fingerprint)
+        shapes = [im.shape[:2] for im in originals]
         for route, out in outputs.items():
-            for det, im in zip(nms.non_max_suppression(out, **EVAL_NMS, end2end=end2end[route]), originals):
-                det = det.clone()
-                det[:, :4] = ops.scale_boxes((imgsz, imgsz), det[:, :4], im.shape[:2])
-                detections[route].append(det.float().cpu().numpy())
+            found[route] += [d.cpu().numpy() for d in detections(out, end2end[route], EVAL_NMS, (imgsz, imgsz), shapes)]
         for payload, frame, im in zip(payloads, frames, originals):
             feature_bytes.append(len(encode_features(replace(payload, image_shape=tuple(im.shape[:2])))))
             jpeg_bytes.append(len(encode_jpeg(frame, JPEG_QUALITY)))
     return RouteCache(
-        detections=detections,
+        detections=found,
         gate=np.concatenate(gate) if gate else np.zeros((0, 2), np.float32),
         feature_bytes=np.array(feature_bytes, dtype=np.int64),
         jpeg_bytes=np.array(jpeg_bytes, dtype=np.int64),

@@ -1,4 +1,8 @@
-"""mAP by pycocotools for any per-image mix of routes, without re-matching detections.
+"""mAP by pycocotools for any per-image mix of routes, without re-matching detections: the one mAP of ecc-yolo.
+
+`ecc-yolo val` (the benchmark) and training-time validation (`ecc_yolo.engine.validator`) both score routes, routers
+and per-image gains with `RouteMixEvaluator`, so they report the same mAP on the same detections. (Training targets of
+the gate are measured per batch by `ecc_yolo.quality`, a fast path tested equal to pycocotools.)
 
 pycocotools evaluates in two steps: `evaluate()` matches detections to ground truth per (category, area range,
 image), and `accumulate()` turns those per-image records into precision/recall. Matching is the expensive part and
@@ -17,6 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ecc_yolo.eval.dataset import EvalDataset
+from ecc_yolo.routes import EDGE, ROUTE_CODES
 
 
 def _quiet():
@@ -77,6 +82,15 @@ class RouteMixEvaluator:
         self.blocks = len(first.evalImgs) // len(self.sorted_ids)  # categories x area ranges
         self.detections = detections
 
+    def assignment(self, codes: np.ndarray) -> np.ndarray:
+        """Route codes (`ecc_yolo.routes.ROUTE_CODES`) per dataset image -> this evaluator's route indices (what
+        `map` and `fast_map` take)."""
+        lookup = np.full(len(ROUTE_CODES), -1)
+        for name, code in ROUTE_CODES.items():
+            if name in self.routes:
+                lookup[code] = self.routes.index(name)
+        return lookup[np.asarray(codes)]
+
     def map(self, assignment: np.ndarray, image_subset: np.ndarray | None = None) -> tuple[float, float]:
         """(mAP50-95, mAP50) of the system answering dataset image i with route `self.routes[assignment[i]]`.
 
@@ -130,17 +144,23 @@ class RouteMixEvaluator:
             self._tables = tables
         return self._tables
 
-    def fast_map(self, assignment: np.ndarray) -> tuple[float, float]:
+    def fast_map(self, assignment: np.ndarray, image_subset: np.ndarray | None = None) -> tuple[float, float]:
         """(mAP50-95, mAP50) of a route mix, computed like pycocotools' accumulate + summarize (area 'all', 100
         detections per image) but only for the numbers mAP needs: many times faster, equal to `map` to float
-        precision (tested). Used where thousands of mixes are scored (the oracle's marginal gains)."""
+        precision (tested). Used where thousands of mixes are scored (the oracle's marginal gains).
+
+        Args:
+            assignment: (I,) route index per dataset image.
+            image_subset: optional boolean (I,) mask: evaluate on these images only.
+        """
         tables = self._fast_tables()
         route_of = np.empty(len(self.sorted_ids), dtype=np.int64)
         route_of[self.order] = np.asarray(assignment)
+        keep = range(len(route_of)) if image_subset is None else np.sort(self.order[np.flatnonzero(image_subset)])
         rec_thrs = self.evals[self.routes[0]].params.recThrs
         aps, ap50s = [], []
         for k in range(len(tables[0])):
-            rows = [tables[r][k][i] for i, r in enumerate(route_of)]
+            rows = [tables[route_of[i]][k][i] for i in keep]
             rows = [row for row in rows if row is not None]
             npig = sum(row[3] for row in rows)
             if not rows or npig == 0:
@@ -164,18 +184,31 @@ class RouteMixEvaluator:
             ap50s.append(q[0].mean())
         return (float(np.mean(aps)), float(np.mean(ap50s))) if aps else (0.0, 0.0)
 
-    def marginal_gains(self, route: str, base: str = "edge") -> np.ndarray:
+    def marginal_gains(self, route: str, base: str = EDGE, chunk: int | None = None) -> np.ndarray:
         """(I,) how much the dataset's mAP50-95 rises when image i alone is answered by `route` instead of `base`,
         times the number of images (so that the gains of all images add up to about the change from switching
-        every image, and one image's gain reads on the scale of an mAP)."""
+        every image, and one image's gain reads on the scale of an mAP).
+
+        Args:
+            route: the offload route.
+            base: the route every other image keeps.
+            chunk: measure gains within consecutive groups of this many images (cheaper on large sets; None: one
+                group, the whole dataset).
+        """
         n = len(self.dataset)
+        chunk = chunk or max(n, 1)
         base_assignment = np.full(n, self.routes.index(base))
-        reference = self.fast_map(base_assignment)[0]
         gains = np.empty(n)
-        for i in range(n):
-            switched = base_assignment.copy()
-            switched[i] = self.routes.index(route)
-            gains[i] = (self.fast_map(switched)[0] - reference) * n
+        for start in range(0, n, chunk):
+            group = np.zeros(n, dtype=bool)
+            group[start : start + chunk] = True
+            subset = None if group.all() else group
+            size = int(group.sum())
+            reference = self.fast_map(base_assignment, subset)[0]
+            for i in range(start, min(start + chunk, n)):
+                switched = base_assignment.copy()
+                switched[i] = self.routes.index(route)
+                gains[i] = (self.fast_map(switched, subset)[0] - reference) * size
         return gains
 
     def route_map(self, route: str, image_subset: np.ndarray | None = None) -> tuple[float, float]:

@@ -166,6 +166,30 @@ def from_data_yaml(data: str | Path, names: dict[int, str], split: str = "val",
                        [None] * len(files), str(data))
 
 
+def from_boxes(files: list[Path], shapes: list[tuple[int, int]], boxes: list[np.ndarray], classes: list[np.ndarray],
+               names: dict[int, str]) -> EvalDataset:
+    """A dataset from ground truth already in memory (what a validator's batches carry), in the given order.
+
+    Args:
+        files: image paths.
+        shapes: (h, w) of each image, pixels.
+        boxes: per image, (M, 4) xyxy boxes in its pixels.
+        classes: per image, (M,) class indices of the model.
+        names: the model's class names (category i + 1 stands for class i).
+    """
+    categories = [{"id": int(k) + 1, "name": v} for k, v in sorted(names.items())]
+    images, annotations = [], []
+    for image_id, (file, (h, w), xyxy, cls) in enumerate(zip(files, shapes, boxes, classes), start=1):
+        images.append({"id": image_id, "file_name": Path(file).name, "width": int(w), "height": int(h)})
+        for (x1, y1, x2, y2), c in zip(np.asarray(xyxy, dtype=np.float64), np.asarray(cls).reshape(-1)):
+            box = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(c) + 1,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    return EvalDataset([Path(f) for f in files], [im["id"] for im in images], coco,
+                       {int(k): int(k) + 1 for k in names}, [None] * len(files), "validation batches")
+
+
 def load_dataset(data: str | Path, names: dict[int, str], max_images: int | None = None) -> EvalDataset:
     """A COCO layout folder or an Ultralytics data YAML."""
     path = Path(data)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ecc_yolo.eval.routers import CurvePoint
+from ecc_yolo.routes import ADAPTED, CLOUD, DEVICE_ROUTES
 
 STYLE = {  # router -> (colour, line style, label)
     "ECC_D": ("tab:blue", "-", "ECC_D (gate, adapted features)"),
@@ -57,7 +58,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "| route | mAP50-95 | mAP50 |",
         "|---|---|---|",
     ]
-    for route in ("edge", "extension", "adapted", "cloud"):
+    for route in (*DEVICE_ROUTES, ADAPTED, CLOUD):  # the device's routes first
         if f"{route}_map" in summary:
             lines.append(f"| {route} | {summary[f'{route}_map']:.3f} | {summary[f'{route}_map50']:.3f} |")
     lines += ["", f"Adapted route in the cloud: {summary['adapted_gflops_ratio']:.3f} of the full cloud's GFLOPs.", ""]

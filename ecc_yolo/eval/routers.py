@@ -25,18 +25,10 @@ import numpy as np
 
 from ecc_yolo.eval.cache import RouteCache
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
-from ecc_yolo.nn.ecc_model import DEFAULT_GAIN_THRESHOLD
-from ecc_yolo.policy import (
-    EXIT_CODES,
-    ROUTE_CODES,
-    three_exit_choice,
-    three_way_priority,
-    three_way_routes,
-    top_share_mask,
-)
+from ecc_yolo.policy import THREE_WAY_MARGIN, decide
+from ecc_yolo.routes import ADAPTED, CLOUD, EDGE, EXTENSION, ROUTE_CODES
 
 RATIOS = np.round(np.linspace(0.0, 1.0, 21), 3)
-ARCHITECTURES = {"ECC_I": "cloud", "ECC_D": "adapted", "ECC_D+": "three-way"}
 
 
 @dataclass
@@ -62,7 +54,7 @@ class CurvePoint:
 class RouterSweep:
     """Curves of every router over a cached run."""
 
-    def __init__(self, cache: RouteCache, evaluator: RouteMixEvaluator, margin: float = DEFAULT_GAIN_THRESHOLD,
+    def __init__(self, cache: RouteCache, evaluator: RouteMixEvaluator, margin: float = THREE_WAY_MARGIN,
                  seeds: int = 5):
         """Prepare to score routers (the oracles' true gains are computed on first use).
 
@@ -75,53 +67,39 @@ class RouterSweep:
         self.cache, self.evaluator, self.margin, self.seeds = cache, evaluator, margin, seeds
         self.n = len(cache.gate)
         self._true_gain: np.ndarray | None = None
-        self._codes = {name: evaluator.routes.index(name) for name in ROUTE_CODES if name in evaluator.routes}
-        self.multi_exit = "extension" in evaluator.routes and cache.router is not None
+        self.multi_exit = EXTENSION in evaluator.routes and cache.router is not None
 
     @property
     def true_gain(self) -> np.ndarray:
         """(I, 2) each image's true gain from the adapted route and from the cloud (computed once, when needed)."""
         if self._true_gain is None:
             ev = self.evaluator
-            self._true_gain = np.stack([ev.marginal_gains("adapted"), ev.marginal_gains("cloud")], 1)
+            self._true_gain = np.stack([ev.marginal_gains(ADAPTED), ev.marginal_gains(CLOUD)], 1)
         return self._true_gain
 
     def _assignment(self, router: str, ratio: float, seed: int = 0) -> np.ndarray:
-        """Route code (ROUTE_CODES) of every frame for a router at an offload ratio."""
+        """Route code (ROUTE_CODES) of every frame for a router at an offload ratio (`ecc_yolo.policy.decide`)."""
         if router == "MEANet":
-            return exits_to_routes(three_exit_choice(self.cache.router, ratio))
-        gate, true = self.cache.gate, self.true_gain
-        if router.startswith("random"):
-            scores = np.random.default_rng(seed).random(self.n)
-        elif router in ("ECC_I", "oracle_I"):
-            scores = (gate if router == "ECC_I" else true)[:, 1]
-        elif router in ("ECC_D", "oracle_D"):
-            scores = (gate if router == "ECC_D" else true)[:, 0]
-        else:  # three-way
-            gains = gate if router == "ECC_D+" else true
-            scores = three_way_priority(gains)
-        offloaded = top_share_mask(scores, ratio)
+            return decide(exit_logits=self.cache.router, ratio=ratio).routes
+        if router.startswith("random"):  # a random order: the same random "gain" for either route
+            gains = np.repeat(np.random.default_rng(seed).random(self.n)[:, None], 2, axis=1)
+        else:
+            gains = self.cache.gate if router.startswith("ECC") else self.true_gain
         if router in ("ECC_D+", "oracle_D+"):
-            margin = self.margin if router == "ECC_D+" else 0.0
-            gains = gate if router == "ECC_D+" else true
-            return three_way_routes(gains, offloaded, margin)
-        target = "cloud" if router in ("ECC_I", "oracle_I", "random_I") else "adapted"
-        return np.where(offloaded, ROUTE_CODES[target], ROUTE_CODES["edge"])
+            return decide(gains, ratio=ratio, margin=self.margin if router == "ECC_D+" else 0.0).routes
+        target = CLOUD if router in ("ECC_I", "oracle_I", "random_I") else ADAPTED
+        return decide(gains, ratio=ratio, offload_to=target).routes
 
     def point(self, router: str, assignment: np.ndarray, ratio: float) -> CurvePoint:
         """Score one assignment: pycocotools mAP and mean costs per frame."""
-        lookup = np.full(len(ROUTE_CODES), -1)
-        for name, code in ROUTE_CODES.items():
-            lookup[code] = self._codes.get(name, -1)
-        to_eval = lookup[assignment]
-        ap, ap50 = self.evaluator.map(to_eval)
+        ap, ap50 = self.evaluator.map(self.evaluator.assignment(assignment))
         return self._with_costs(router, ratio, assignment, ap, ap50)
 
     def _with_costs(self, router: str, ratio: float, assignment: np.ndarray, ap: float, ap50: float) -> CurvePoint:
         c = self.cache.costs
-        adapted = assignment == ROUTE_CODES["adapted"]
-        cloud = assignment == ROUTE_CODES["cloud"]
-        extension = assignment == ROUTE_CODES["extension"]
+        adapted = assignment == ROUTE_CODES[ADAPTED]
+        cloud = assignment == ROUTE_CODES[CLOUD]
+        extension = assignment == ROUTE_CODES[EXTENSION]
         sent = self.cache.feature_bytes[adapted].sum() + self.cache.jpeg_bytes[cloud].sum()
         device = c["edge_gflops"] + c["gate_gflops"] + adapted.mean() * c["adapter_encoder_gflops"]
         if router == "MEANet":  # its router runs on every frame, its extension on the frames it stops there
@@ -157,18 +135,9 @@ class RouterSweep:
         """Every router's curve, plus the single-route points edge, ECC_A and cloud."""
         names = ["ECC_D", "ECC_D+", "ECC_I", "oracle_D", "oracle_D+", "oracle_I", "random_D", "random_I"]
         curves = {name: self.curve(name, ratios) for name in names + (["MEANet"] if self.multi_exit else [])}
-        for name, code, ratio in (("edge", "edge", 0.0), ("ECC_A", "adapted", 1.0), ("cloud", "cloud", 1.0)):
+        for name, code, ratio in ((EDGE, EDGE, 0.0), ("ECC_A", ADAPTED, 1.0), (CLOUD, CLOUD, 1.0)):
             curves[name] = [self.point(name, np.full(self.n, ROUTE_CODES[code]), ratio)]
         return curves
-
-
-def exits_to_routes(exits: np.ndarray) -> np.ndarray:
-    """A multi-exit edge's exit codes (EXIT_CODES) -> ROUTE_CODES: the cloud exit is the adapted route."""
-    table = np.zeros(len(EXIT_CODES), dtype=np.int64)
-    table[EXIT_CODES["main"]] = ROUTE_CODES["edge"]
-    table[EXIT_CODES["extension"]] = ROUTE_CODES["extension"]
-    table[EXIT_CODES["cloud"]] = ROUTE_CODES["adapted"]
-    return table[np.asarray(exits)]
 
 
 def auc(points: list[CurvePoint]) -> float:

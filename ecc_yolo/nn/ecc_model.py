@@ -20,7 +20,6 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,19 +27,18 @@ from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import intersect_dicts
 
-from ecc_yolo.codec import FINGERPRINT_BYTES, FeaturePayload, QuantizedTensor
+from ecc_yolo import payload
+from ecc_yolo.codec import FeaturePayload
 from ecc_yolo.nn.adapters import Adapter
 from ecc_yolo.nn.extension import ExtensionBlock
 from ecc_yolo.nn.gate import ExitRouter, OffloadGate
 from ecc_yolo.nn.graph import IMAGE, cut_set, execute, layer_geometry
+from ecc_yolo.policy import GAIN_THRESHOLD
+from ecc_yolo.routes import ADAPTED, ALL_ROUTES, CLOUD, EDGE, EXTENSION, MULTI_EXIT_ROUTES, ROUTES
 from ecc_yolo.spec import ECCConfigError, ECCSpec, PartSpec, check_geometry, load_spec
 
-ROUTES = ("edge", "cloud", "adapted")
-EXTENSION = "extension"  # the extra route of a multi-exit (MEANet) edge: the extension block's own head
-ALL_ROUTES = "all"  # pseudo-route used by validation: forward returns every route and the gate scores at once
 PARTS = ("edge", "cloud", "adapters", "gate", "adapted_cloud", "extension", "router")
 # adapted_cloud exists only with `tail: copy`; extension and router only with an `extension:` block
-DEFAULT_GAIN_THRESHOLD = 0.05  # offload a frame when the gate expects the cloud to raise its AP50-95 by more
 GEOMETRY_IMGSZ = 256  # probe size for strides/channels; any multiple of the max stride gives the same answer
 
 
@@ -73,6 +71,23 @@ def _with_nc(yaml: dict, nc: int | None) -> dict:
     if nc:
         yaml["nc"] = nc
     return yaml
+
+
+def find_ecc(model: Any) -> ECCModel:
+    """The ECCModel inside a training model, a distillation wrapper or an AutoBackend.
+
+    Raises:
+        TypeError: there is none.
+    """
+    for candidate in (model, getattr(model, "student_model", None)):
+        if isinstance(candidate, ECCModel):
+            return candidate
+    backend = getattr(model, "backend", None)  # AutoBackend -> backend -> module
+    inner = getattr(backend, "model", None)
+    inner = getattr(inner, "student_model", inner)
+    if isinstance(inner, ECCModel):
+        return inner
+    raise TypeError(f"expected an ECC model, got {type(model).__name__}")
 
 
 class ECCModel(DetectionModel):
@@ -134,9 +149,9 @@ class ECCModel(DetectionModel):
         self.stride = self.cloud.stride
         self.inplace = True
         self.task = "detect"
-        self.route = "adapted"
+        self.route = ADAPTED
         self.frozen: tuple[str, ...] = ()  # parts kept in eval mode and without gradients (set per training stage)
-        self.gate_threshold = DEFAULT_GAIN_THRESHOLD  # route=auto offloads when the predicted gain exceeds this
+        self.gate_threshold = GAIN_THRESHOLD  # route=auto offloads when the predicted gain exceeds this
         self.criterion = None
         if verbose:
             self.info()
@@ -145,7 +160,7 @@ class ECCModel(DetectionModel):
         """Unpickle, giving checkpoints saved before a part existed the defaults of a cfg without it."""
         super().__setstate__(state)
         for name, default in (("adapted_cloud", None), ("extension", None), ("router", None),
-                              ("extension_layers", []), ("frozen", ()), ("gate_threshold", DEFAULT_GAIN_THRESHOLD)):
+                              ("extension_layers", []), ("frozen", ()), ("gate_threshold", GAIN_THRESHOLD)):
             if name not in self.__dict__ and name not in self._modules:
                 setattr(self, name, default)
 
@@ -161,11 +176,11 @@ class ECCModel(DetectionModel):
         return self._active_detector().save
 
     def _active_detector(self) -> nn.Module:
-        if self.route == "edge":
+        if self.route == EDGE:
             return self.edge
         if self.route == EXTENSION:
             return self.extension
-        if self.route == "adapted" and self.adapted_cloud is not None:
+        if self.route == ADAPTED and self.adapted_cloud is not None:
             return self.adapted_cloud
         return self.cloud
 
@@ -180,7 +195,7 @@ class ECCModel(DetectionModel):
     @property
     def routes(self) -> tuple[str, ...]:
         """The routes this model has: edge, cloud, adapted, and extension for a multi-exit edge."""
-        return (*ROUTES, EXTENSION) if self.extension is not None else ROUTES
+        return MULTI_EXIT_ROUTES if self.extension is not None else ROUTES
 
     def set_route(self, route: str) -> ECCModel:
         """Choose what `forward(img)` runs (a route, or ALL_ROUTES for a dict of every route and the gate)."""
@@ -345,25 +360,25 @@ class ECCModel(DetectionModel):
         if unknown:
             raise ValueError(f"unknown routes {sorted(unknown)}; valid: {self.routes}")
         out: dict[str, Any] = {}
-        if "edge" in routes or EXTENSION in routes or gate:
+        if EDGE in routes or EXTENSION in routes or gate:
             edge_out, feats = self.edge_forward(img, keep=self.device_layers)
-            if "edge" in routes:
-                out["edge"] = edge_out
+            if EDGE in routes:
+                out[EDGE] = edge_out
             if EXTENSION in routes:
                 out[EXTENSION] = self.extension_forward(feats)
             if gate:
                 out["gate"] = self.gate_scores(feats, edge_out)
                 if self.router is not None:
                     out["router"] = self.exit_logits(feats, edge_out)
-        elif "adapted" in routes:
+        elif ADAPTED in routes:
             feats = self.edge_features(img)
-        if "adapted" in routes:
+        if ADAPTED in routes:
             adapted_cuts = self.adapt(feats)
-            out["adapted"] = self.adapted_tail(adapted_cuts)
-        if "cloud" in routes:
+            out[ADAPTED] = self.adapted_tail(adapted_cuts)
+        if CLOUD in routes:
             cloud_cuts = self.cloud_cuts(img)
-            out["cloud"] = self.cloud_tail(cloud_cuts)  # identical to cloud_forward (tested), and gives the cuts
-            if "adapted" in routes:
+            out[CLOUD] = self.cloud_tail(cloud_cuts)  # identical to cloud_forward (tested), and gives the cuts
+            if ADAPTED in routes:
                 out["feat"] = self.feature_distance(adapted_cuts, cloud_cuts)
         return out
 
@@ -373,44 +388,24 @@ class ECCModel(DetectionModel):
             return self.run_routes(x)
         if self.route == EXTENSION:
             return self.extension_forward(self.edge_forward(x, keep=tuple(self.extension_layers))[1])
-        if self.route == "edge":
+        if self.route == EDGE:
             return self.edge_forward(x)[0]
-        if self.route == "cloud":
+        if self.route == CLOUD:
             return self.cloud_forward(x)
         return self.adapted_forward(x)
 
-    # -- the device/cloud boundary ------------------------------------------------------------------------------
+    # -- the device/cloud boundary: the payload's home is ecc_yolo.payload; these are its calls for this model ----
     def fingerprint(self) -> bytes:
-        """16-byte identity of this model's weights and cfg; payloads carry it so mismatched peers are refused.
-
-        Hashes every tensor rounded to float16 (what checkpoints store), so a model and its saved checkpoint agree.
-        """
-        import hashlib
-        import json
-
-        h = hashlib.sha256(json.dumps(self.spec.to_dict(), sort_keys=True, default=str).encode())
-        for key, value in sorted(self.state_dict().items()):
-            h.update(key.encode())
-            if value.is_floating_point():
-                value = value.detach().to("cpu", torch.float16)
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
-        return h.digest()[:FINGERPRINT_BYTES]
+        """16-byte identity of this model's weights and cfg (`ecc_yolo.payload.fingerprint`)."""
+        return payload.fingerprint(self)
 
     def payload_shapes(self, input_shape: tuple[int, int]) -> dict[int, tuple[int, int, int, int]]:
-        """Cloud layer -> (C, H, W, bits) of the latents a feature payload carries for a network input size."""
-        shapes = {}
-        for k, a in self.adapters.items():
-            stride = self.cut_strides[int(k)]
-            shapes[int(k)] = (a.latent_channels, input_shape[0] // stride, input_shape[1] // stride, a.bits)
-        return shapes
+        """Cloud layer -> (C, H, W, bits) of the latents a payload carries (`ecc_yolo.payload.payload_shapes`)."""
+        return payload.payload_shapes(self, input_shape)
 
     def make_payload(self, img: torch.Tensor, image_shape: tuple[int, int]) -> list[FeaturePayload]:
-        """Device side: one feature payload per image of a letterboxed batch.
-
-        Args:
-            img: (B, 3, H, W) network input.
-            image_shape: (h, w) of the original frames before letterboxing.
-        """
+        """Device side: one feature payload per image of a letterboxed (B, 3, H, W) batch whose original frames
+        were `image_shape` (h, w) pixels."""
         return self.payloads_from_features(self.edge_features(img), image_shape, tuple(img.shape[2:]))
 
     def payloads_from_features(
@@ -420,36 +415,18 @@ class ECCModel(DetectionModel):
         input_shape: tuple[int, int],
         fingerprint: bytes | None = None,
     ) -> list[FeaturePayload]:
-        """Device side: quantise the adapters' latents of already computed edge features into payloads.
+        """Device side: payloads of already computed edge features (`ecc_yolo.payload.make_payloads`).
 
-        `fingerprint` (this model's, see `fingerprint()`) can be passed by callers that make many payloads, since
-        computing it hashes every weight.
+        `fingerprint` (this model's) can be passed by callers that make many payloads: computing it hashes every
+        weight.
         """
-        latents = self.encode(feats)
-        quantized = {k: self.adapters[str(k)].quantize(z) for k, z in latents.items()}
-        fingerprint = fingerprint or self.fingerprint()
-        payloads = []
-        for i in range(next(iter(latents.values())).shape[0]):
-            tensors = tuple(
-                QuantizedTensor(
-                    layer=k,
-                    bits=self.adapters[str(k)].bits,
-                    codes=codes[i].to("cpu", torch.uint8).numpy(),
-                    scale=scale[i].float().cpu().numpy(),
-                    offset=offset[i].float().cpu().numpy(),
-                )
-                for k, (codes, scale, offset) in sorted(quantized.items())
-            )
-            payloads.append(FeaturePayload(fingerprint, tuple(image_shape), tuple(input_shape), tensors))
-        return payloads
+        return payload.make_payloads(self.encode(feats), payload.latent_bits(self), fingerprint or self.fingerprint(),
+                                     image_shape, input_shape)
 
     def received_latents(self, payloads: list[FeaturePayload]) -> dict[int, torch.Tensor]:
-        """Cloud side: dequantised latents of a batch of payloads (same input size), ready for `decode`."""
+        """Cloud side: dequantised latents of a batch of payloads, on this model's device and dtype."""
         p = next(self.parameters())
-        return {
-            t.layer: torch.from_numpy(np.stack([pl.tensors[i].dequantize() for pl in payloads])).to(p.device, p.dtype)
-            for i, t in enumerate(payloads[0].tensors)
-        }
+        return payload.received_latents(payloads, p.device, p.dtype)
 
     # -- Ultralytics plumbing ------------------------------------------------------------------------------------
     def _part_names(self) -> dict[int, str]:
@@ -461,13 +438,20 @@ class ECCModel(DetectionModel):
         return placeholder
 
     def init_criterion(self):
-        """The stage objective (see `ecc_yolo.losses`), built from `self.args.stage`."""
-        from ecc_yolo.losses import ECCLoss
+        """A fresh criterion of the kind the trainer set (`ECCTrainer` builds `ecc_yolo.losses.ECCLoss`; the model
+        does not import training code). Ultralytics calls this to rebuild the criterion when it resumes.
 
-        return ECCLoss(self)
+        Raises:
+            RuntimeError: no criterion was ever set (train with `ECCTrainer`, or set `model.criterion`).
+        """
+        if getattr(self, "criterion", None) is None:
+            raise RuntimeError("ECCModel has no criterion: the trainer sets it (ecc_yolo.engine.trainer.ECCTrainer), "
+                               "or set model.criterion = ecc_yolo.losses.ECCLoss(model)")
+        return type(self.criterion)(self)
 
     def loss(self, batch: dict, preds: Any = None):
-        """Loss of the current training stage; `preds` (the active route's output) is reused where it applies."""
+        """Loss of the current training stage (the criterion the trainer set); `preds` (the active route's output)
+        is reused where it applies."""
         if getattr(self, "criterion", None) is None:
             self.criterion = self.init_criterion()
         return self.criterion(batch, preds)

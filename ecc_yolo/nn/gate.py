@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-GATE_ROUTES = ("adapted", "cloud")  # order of the gate's outputs
-EXITS = ("main", "extension", "cloud")  # order of the router's outputs: frames that are easy, hard, complex
+from ecc_yolo.routes import EXITS, GATE_ROUTES  # the order of the gate's and the router's outputs
+
 SCORE_THRESHOLDS = (0.05, 0.1, 0.25, 0.5, 0.75)
 TOP_K = (1, 10, 50)
 N_STATS = len(SCORE_THRESHOLDS) + len(TOP_K) + 1

@@ -5,8 +5,9 @@ Per frame: letterbox (as Ultralytics' predict does), run the edge (and, for rout
 frame is answered (`ecc_yolo.policy`: the model's gate threshold, or a `BudgetController` with budget=), and if it is
 offloaded send its feature payload (route adapted/auto) or its letterboxed JPEG (route cloud) on a sender thread.
 At most `max_inflight` offloads are outstanding; a frame whose answer has not come back within `timeout` seconds,
-or whose request failed, gets its edge detections (route "fallback") and the link backs off and probes until the
-server is back (`link.CloudLink`). Frames are never dropped or reordered by the client.
+whose request failed, or whose answer is malformed or for another frame, gets its edge detections (route
+"fallback", its cause counted in `summary()["errors"]`) and the link backs off and probes until the server is back
+(`link.CloudLink`). Frames are never dropped or reordered by the client.
 
 On a multi-exit (MEANet) edge with route=auto the exit router decides instead: the main exit (route "edge"), the
 extension exit run on the device (route "extension"), or the cloud; with budget= the budget thresholds the router's
@@ -74,7 +75,7 @@ class StreamSettings:
     max_inflight: int = 4
     budget: Budget | None = None
     jpeg_quality: int = 90  # route=cloud JPEG quality
-    backoff: tuple[float, float] = (0.5, 8.0)  # seconds: first and longest interval between health probes
+    backoff: tuple[float, float] = (0.5, 8.0)  # seconds: base and cap of the jittered back-off between probes
 
     @classmethod
     def from_args(cls, args: Any, stride: int) -> StreamSettings:
@@ -253,9 +254,9 @@ class EdgeStreamClient:
                 body = encode_jpeg(letterboxed, self.settings.jpeg_quality)
             frame.route, frame.bytes_sent = target, len(body)
             frame.generation = self.link.reconnects
-            frame.future = self.link.send(ROUTE_PATHS[target], body)
-            frame.future.add_done_callback(lambda _, stamp=frame.done_at: stamp.append(time.perf_counter()))
             frame.deadline = time.perf_counter() + self.settings.timeout
+            frame.future = self.link.send(ROUTE_PATHS[target], body, frame.deadline)
+            frame.future.add_done_callback(lambda _, stamp=frame.done_at: stamp.append(time.perf_counter()))
         if self.controller is not None and available:  # while the cloud is down the budget neither fills nor drains
             self.controller.record(frame.future is not None, frame.bytes_sent)
         return frame
@@ -296,7 +297,12 @@ class EdgeStreamClient:
                 error = frame.future.exception()
                 error = error if isinstance(error, OffloadError) else OffloadError("client", repr(error))
             if error is None:
-                answer = frame.future.result()
+                answer = frame.future.result()  # a well-formed answer (the link checked it) ...
+                sent_shape = frame.letterboxed_shape if route == "cloud" else frame.image.shape[:2]
+                if answer["route"] != route or tuple(answer["image_shape"]) != tuple(sent_shape):
+                    error = OffloadError("bad_answer", f"answer for route {answer['route']} and image shape "
+                                                       f"{answer['image_shape']}, not for this frame")  # ... to another
+            if error is None:
                 det = detections_array(answer["detections"])
                 if route == "cloud":  # the server answered in pixels of the letterboxed JPEG it was sent
                     det[:, :4] = ops.scale_boxes(frame.letterboxed_shape, det[:, :4], frame.image.shape[:2])

@@ -3,7 +3,7 @@
 `CloudEngine` is plain synchronous code with no web framework in it, so the FastAPI server (`server.py`) and the Ray
 Serve deployment (`ray_app.py`) share it. Requests are validated in `parse_image` / `parse_features` (which raise
 `RequestError` only); validated items carry a batch key, and `run(key, items)` answers a batch of items that share
-one key (one forward pass).
+one key (one forward pass), each with an answer dict or, for an item whose output is not finite, a `RequestError`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable
 
+import cv2
 import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import nms, ops
 
-from ecc_yolo.codec import FORMAT_VERSION, FeaturePayload, PayloadError, decode_features, decode_image
+from ecc_yolo.codec import (
+    FORMAT_VERSION,
+    MAX_IMAGE_PIXELS,
+    FeaturePayload,
+    PayloadError,
+    decode_features,
+    decode_image,
+)
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.serve.protocol import API_VERSION, RequestError, detections_json
 
@@ -125,15 +133,24 @@ class CloudEngine:
         }
 
     # -- validation (any thread; raises RequestError only) --------------------------------------------------------
-    def parse_image(self, body: bytes) -> tuple[Hashable, ImageItem]:
-        """Decode and letterbox an image body; returns (batch key, item)."""
+    def parse_image(self, body: bytes | bytearray, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Hashable, ImageItem]:
+        """Decode and letterbox an image body of at most `max_pixels` pixels; returns (batch key, item)."""
         try:
-            image = decode_image(body)
+            image = decode_image(body, max_pixels)
         except PayloadError as e:
             raise RequestError("bad_image", str(e)) from None
-        return ("image", self.input_shape), ImageItem(self._letterbox(image=image), tuple(image.shape[:2]))
+        h, w = image.shape[:2]
+        r = min(self.input_shape[0] / h, self.input_shape[1] / w)  # LetterBox's resize ratio
+        if round(h * r) < 1 or round(w * r) < 1:
+            raise RequestError("bad_image", f"image of {w}x{h} pixels is too thin to letterbox to "
+                                            f"{self.input_shape[1]}x{self.input_shape[0]}")
+        try:
+            letterboxed = self._letterbox(image=image)
+        except cv2.error as e:  # whatever else OpenCV's resize refuses is the image's fault, not the server's
+            raise RequestError("bad_image", f"image of {w}x{h} pixels cannot be letterboxed: {e.msg}") from None
+        return ("image", self.input_shape), ImageItem(letterboxed, (h, w))
 
-    def parse_features(self, body: bytes, max_bytes: int) -> tuple[Hashable, FeaturePayload]:
+    def parse_features(self, body: bytes | bytearray, max_bytes: int) -> tuple[Hashable, FeaturePayload]:
         """Validate a feature payload against this model (format, version, checksum, fingerprint, tensor shapes);
         returns (batch key, payload)."""
         expected = None
@@ -167,8 +184,10 @@ class CloudEngine:
 
     # -- inference (the worker thread) -----------------------------------------------------------------------------
     @torch.inference_mode()  # grad mode is per thread: set it in the thread that runs the model
-    def run(self, key: Hashable, items: list[Any]) -> list[dict[str, Any]]:
-        """Answer a batch of items that share one batch key, in order: one forward pass."""
+    def run(self, key: Hashable, items: list[Any]) -> list[dict[str, Any] | RequestError]:
+        """Answer a batch of items that share one batch key, in order: one forward pass. An item whose output is not
+        finite (crafted latents within the codec's ranges can still overflow a layer) is answered a RequestError;
+        the batch is independent per item, so the others are unaffected."""
         kind, input_shape = key
         if kind == "image":
             out = self.model.cloud_forward(input_tensor([it.image for it in items], self.device))
@@ -177,21 +196,29 @@ class CloudEngine:
             cuts = self.model.decode(self.model.received_latents(items))
             out = self.model.adapted_tail(cuts)  # the cloud's tail, or its adapted-route copy (cfg `tail: copy`)
             shapes, route = [p.image_shape for p in items], "adapted"
-        answers = []
-        for det, shape in zip(nms.non_max_suppression(out, **self.nms_args, end2end=self.end2end[kind]), shapes):
+        pred = out[0] if isinstance(out, (list, tuple)) else out
+        finite = torch.isfinite(pred.float().flatten(1)).all(1).tolist()
+        answers: list[dict[str, Any] | RequestError] = []
+        for det, shape, ok in zip(nms.non_max_suppression(out, **self.nms_args, end2end=self.end2end[kind]), shapes,
+                                  finite):
+            if not ok:
+                answers.append(RequestError("bad_payload", "the payload's values make the model's output "
+                                                           "non-finite"))
+                continue
             det = det[:, :6].float()
             det[:, :4] = ops.scale_boxes(input_shape, det[:, :4], shape)
             answers.append({"route": route, "detections": detections_json(det.cpu().numpy(), self.names),
                             "image_shape": list(shape), "input_shape": list(input_shape)})
         return answers
 
-    def run_mixed(self, keyed_items: list[tuple[Hashable, Any]]) -> list[dict[str, Any]]:
-        """Answer items with any batch keys, in order: one forward pass per key (for batchers that do not group)."""
+    def run_mixed(self, keyed_items: list[tuple[Hashable, Any]]) -> list[tuple[dict[str, Any] | RequestError, int]]:
+        """Answer items with any batch keys, in order, as (answer, batch size): one forward pass per key (for
+        batchers that do not group)."""
         groups: dict[Hashable, list[int]] = {}
         for i, (key, _) in enumerate(keyed_items):
             groups.setdefault(key, []).append(i)
-        answers: list[dict[str, Any]] = [{}] * len(keyed_items)
+        answers: list[tuple[dict[str, Any] | RequestError, int]] = [({}, 0)] * len(keyed_items)
         for key, idx in groups.items():
             for i, answer in zip(idx, self.run(key, [keyed_items[i][1] for i in idx])):
-                answers[i] = {**answer, "batch_size": len(idx)}
+                answers[i] = (answer, len(idx))
         return answers

@@ -1,14 +1,18 @@
 """The edge's connection to one cloud server: offload requests in flight, health probes, exponential back-off.
 
-The link is "up" while offloads succeed. A failed offload (connection refused or reset, timeout, 5xx, any refusal)
-takes it down: the client answers frames on the edge until a health probe (`/healthz`, then `/v1/model`, which must
-hold the client's model) succeeds. Probes run on their own thread, first `backoff[0]` seconds after the failure and
-then at doubling intervals up to `backoff[1]`, so a dead server costs the stream nothing and a restarted one is
-picked up within the current interval.
+The link is "up" while offloads succeed. A failed offload (connection refused or reset, timeout, 5xx, any refusal,
+an answer that is not a well-formed detect answer) takes it down: the client answers frames on the edge until a
+probe (`/readyz`, then `/v1/model`, which must hold the client's model; both must answer 200) succeeds. Probes run
+on their own thread with exponential back-off and full jitter: the n-th wait is uniform in
+[0, min(backoff[1], backoff[0] * 2**n)] seconds, and never shorter than the server's Retry-After, so clients that
+failed together do not come back together, a dead server costs the stream nothing, and a restarted one is picked up
+within the current interval.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -16,7 +20,7 @@ from typing import Any
 import httpx
 from ultralytics.utils import LOGGER
 
-from ecc_yolo.serve.protocol import HEALTH_PATH, MODEL_PATH, bearer_header
+from ecc_yolo.serve.protocol import MODEL_PATH, READY_PATH, TIMEOUT_HEADER, bearer_header, check_answer
 
 
 class ModelMismatchError(RuntimeError):
@@ -26,10 +30,20 @@ class ModelMismatchError(RuntimeError):
 class OffloadError(RuntimeError):
     """An offload that did not come back with detections; `kind` names why (timeout, connect, http_503, ...)."""
 
-    def __init__(self, kind: str, message: str):
-        """Failure `kind` with a readable `message`."""
+    def __init__(self, kind: str, message: str, retry_after: float | None = None):
+        """Failure `kind` with a readable `message`, and the server's Retry-After (seconds) if it sent one."""
         super().__init__(message)
         self.kind = kind
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header's delay in seconds (the delay-seconds form; an HTTP date or junk gives None)."""
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return min(seconds, 3600.0) if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class CloudLink:
@@ -44,6 +58,7 @@ class CloudLink:
         timeout: float = 5.0,
         max_inflight: int = 4,
         backoff: tuple[float, float] = (0.5, 8.0),
+        rng: random.Random | None = None,
     ) -> None:
         """Args:
         url: server base URL, e.g. http://127.0.0.1:8000.
@@ -52,7 +67,8 @@ class CloudLink:
         token: bearer token for the inference routes.
         timeout: seconds for each phase of a request (connect, send, wait for the answer).
         max_inflight: most concurrent offload requests.
-        backoff: (first, longest) seconds between health probes while the server is unreachable.
+        backoff: (base, cap) seconds of the jittered back-off between probes while the server is unreachable.
+        rng: the jitter's random source (default: a fresh one).
         """
         self.url = url.rstrip("/")
         self.fingerprint, self.names = fingerprint, {int(k): str(v) for k, v in names.items()}
@@ -65,6 +81,7 @@ class CloudLink:
         self._probe: Future | None = None
         self._next_probe = 0.0
         self._interval = self.backoff[0]
+        self._rng = rng or random.Random()
         self.up = False
         self.server_info: dict[str, Any] | None = None
         self.reconnects = 0  # times the link came back after being down
@@ -72,14 +89,22 @@ class CloudLink:
 
     # -- model identity -------------------------------------------------------------------------------------------
     def verify(self) -> dict[str, Any]:
-        """Probe the server and check it holds this model; returns its /v1/model description.
+        """Probe the server (ready, and holding this model); returns its /v1/model description.
 
         Raises:
             ModelMismatchError: the server holds another model.
-            httpx.HTTPError: the server cannot be reached or answers with an error.
+            httpx.HTTPError: the server cannot be reached, or is not ready, or answers with an error status.
+            OffloadError: its description is not a JSON object (kind "bad_answer").
         """
-        self._http.get(HEALTH_PATH).raise_for_status()
-        info = self._http.get(MODEL_PATH).json()
+        self._http.get(READY_PATH).raise_for_status()
+        r = self._http.get(MODEL_PATH)
+        r.raise_for_status()
+        try:
+            info = r.json()
+        except ValueError:
+            info = None
+        if not isinstance(info, dict):
+            raise OffloadError("bad_answer", f"{self.url}{MODEL_PATH} did not answer a JSON object")
         theirs = {int(k): str(v) for k, v in info.get("names", {}).items()}
         if info.get("fingerprint") != self.fingerprint.hex():
             raise ModelMismatchError(
@@ -98,8 +123,9 @@ class CloudLink:
         """
         try:
             self.server_info = self.verify()
-        except httpx.HTTPError as e:
-            LOGGER.warning(f"ecc-yolo detect: cloud {self.url} unreachable ({e}); answering on the edge until it is")
+        except (httpx.HTTPError, OffloadError) as e:
+            LOGGER.warning(f"ecc-yolo detect: cloud {self.url} unreachable or not ready ({e}); answering on the edge "
+                           f"until it is")
             self._down()
             return False
         self.up = True
@@ -121,13 +147,16 @@ class CloudLink:
                 return True
             if isinstance(error, ModelMismatchError):
                 self._warn_once("mismatch", f"ecc-yolo detect: {error}")
-            self._schedule()
+            response = error.response if isinstance(error, httpx.HTTPStatusError) else None
+            self._schedule(retry_after_seconds(response.headers.get("retry-after")) if response is not None else None)
         if self._probe is None and time.monotonic() >= self._next_probe:
             self._probe = self._prober.submit(self.verify)
         return False
 
-    def _schedule(self) -> None:
-        self._next_probe = time.monotonic() + self._interval
+    def _schedule(self, retry_after: float | None = None) -> None:
+        """Set the next probe: full jitter over the current interval, no sooner than `retry_after` seconds; then
+        double the interval (up to the cap)."""
+        self._next_probe = time.monotonic() + max(self._rng.uniform(0, self._interval), retry_after or 0.0)
         self._interval = min(self._interval * 2, self.backoff[1])
 
     def _down(self) -> None:
@@ -135,13 +164,14 @@ class CloudLink:
         self._schedule()
 
     def failed(self, error: OffloadError) -> None:
-        """An offload failed: take the link down (probes decide when it is back)."""
+        """An offload failed: take the link down (probes decide when it is back), honouring the server's
+        Retry-After."""
         self._warn_once(error.kind, f"ecc-yolo detect: offload failed ({error}); answering on the edge, retrying "
                                     f"with back-off")
         if self.up:
             self.up = False
             self._interval = self.backoff[0]
-            self._schedule()
+            self._schedule(error.retry_after)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -149,14 +179,20 @@ class CloudLink:
             LOGGER.warning(message)
 
     # -- offloading -----------------------------------------------------------------------------------------------
-    def send(self, path: str, body: bytes) -> Future:
-        """POST `body` to `path` on a sender thread; the future resolves to the answer dict or raises
-        OffloadError."""
-        return self._senders.submit(self._post, path, body)
+    def send(self, path: str, body: bytes, deadline: float | None = None) -> Future:
+        """POST `body` to `path` on a sender thread; the future resolves to the answer dict (checked by
+        `protocol.check_answer`) or raises OffloadError. `deadline` (`time.perf_counter()` seconds, default: now
+        + timeout) tells the server how long the answer is worth waiting for."""
+        return self._senders.submit(self._post, path, body, time.perf_counter() + self.timeout
+                                    if deadline is None else deadline)
 
-    def _post(self, path: str, body: bytes) -> dict[str, Any]:
+    def _post(self, path: str, body: bytes, deadline: float) -> dict[str, Any]:
+        left_ms = (deadline - time.perf_counter()) * 1000
+        if left_ms <= 0:
+            raise OffloadError("timeout", "the frame's deadline passed before its request could be sent")
+        headers = {"Content-Type": "application/octet-stream", TIMEOUT_HEADER: f"{left_ms:.0f}"}
         try:
-            r = self._http.post(path, content=body, headers={"Content-Type": "application/octet-stream"})
+            r = self._http.post(path, content=body, headers=headers)
         except httpx.TimeoutException as e:
             raise OffloadError("timeout", f"no answer within {self.timeout:g} s ({type(e).__name__})") from None
         except httpx.TransportError as e:
@@ -167,11 +203,12 @@ class CloudLink:
                 detail = f"{err['kind']}: {err['message']}"
             except Exception:
                 detail = r.text[:200]
-            raise OffloadError(f"http_{r.status_code}", f"HTTP {r.status_code} ({detail})")
+            raise OffloadError(f"http_{r.status_code}", f"HTTP {r.status_code} ({detail})",
+                               retry_after_seconds(r.headers.get("retry-after")))
         try:
-            return r.json()
-        except ValueError:
-            raise OffloadError("protocol", "the server's answer is not JSON") from None
+            return check_answer(r.json())
+        except ValueError as e:  # not JSON (JSONDecodeError is a ValueError), or not a detect answer
+            raise OffloadError("bad_answer", f"the server's answer is malformed: {str(e)[:200]}") from None
 
     def close(self) -> None:
         """Stop the sender and probe threads and close connections (pending requests are abandoned)."""

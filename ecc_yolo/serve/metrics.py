@@ -1,6 +1,6 @@
 """Prometheus metrics of one server process, rendered in the Prometheus text exposition format (version 0.0.4).
 
-A small, dependency-free registry (counters and histograms with labels) held by the server instance, not a
+A small, dependency-free registry (counters, gauges and histograms with labels) held by the server instance, not a
 module-level global, so several servers in one process (tests, benchmarks) keep separate figures.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # requests per forward pass
@@ -48,6 +49,34 @@ class Counter:
             items = sorted(self._values.items())
         lines = [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} counter"]
         return lines + [f"{self.name}{_labels(self.labels, k)} {v:g}" for k, v in items]
+
+
+class Gauge:
+    """A value that goes up and down, set by `set`/`add` or read from a function when rendered (`track`)."""
+
+    def __init__(self, name: str, doc: str) -> None:
+        """A gauge `name` with help text `doc` (no labels)."""
+        self.name, self.doc = name, doc
+        self._value = 0.0
+        self._read: Callable[[], float] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, amount: float) -> None:
+        """Add `amount` (negative to subtract)."""
+        with self._lock:
+            self._value += amount
+
+    def track(self, read: Callable[[], float]) -> None:
+        """Report `read()` from now on (e.g. the length of a queue owned by someone else)."""
+        self._read = read
+
+    def value(self) -> float:
+        """Current value."""
+        return float(self._read()) if self._read is not None else self._value
+
+    def render(self) -> list[str]:
+        """Exposition lines."""
+        return [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} gauge", f"{self.name} {self.value():g}"]
 
 
 class Histogram:
@@ -108,8 +137,12 @@ class ServerMetrics:
                                  LATENCY_BUCKETS, ("route",))
         self.inference = Histogram("ecc_inference_seconds", "Time of one batched forward pass with NMS, by route.",
                                    LATENCY_BUCKETS, ("route",))
+        self.in_flight = Gauge("ecc_requests_in_flight",
+                               "Inference requests admitted and not yet answered (reading, parsing, queued, running).")
+        self.queue_depth = Gauge("ecc_queue_depth", "Validated requests waiting for a batch.")
 
     def render(self) -> str:
         """The whole exposition text."""
-        metrics = (self.requests, self.errors, self.bytes_in, self.batch_size, self.latency, self.inference)
+        metrics = (self.requests, self.errors, self.bytes_in, self.batch_size, self.latency, self.inference,
+                   self.in_flight, self.queue_depth)
         return "\n".join(line for m in metrics for line in m.render()) + "\n"

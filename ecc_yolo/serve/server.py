@@ -2,31 +2,48 @@
 
 `create_app(engine, backend, settings, metrics)` builds the app around any backend that batches and runs requests:
 `BatchedBackend` (one process, `MicroBatcher` on a worker thread) here, or the Ray Serve deployment in `ray_app.py`
-(`@serve.batch`). Every inference route checks the bearer token first, then the body size (from Content-Length, and
-again while reading, for chunked bodies), then validates the body in a thread pool (`CloudEngine.parse_*`), and only
-then queues it. Every refusal is a 4xx with `{"error": {"kind", "message"}}`; nothing from a request is unpickled.
+(`@serve.batch`). Every inference route, in order:
+
+1. checks the bearer token (401) and the client's X-ECC-Timeout-Ms, which sets the request's deadline (at most
+   `timeout` seconds after its arrival);
+2. is admitted, or refused with 503 + Retry-After before its body is read, when `max_concurrency` requests are
+   already in the process (reading, parsing, queued or running);
+3. reads its body once, into one buffer: over `max_body` is 413, a body not complete by the deadline is 408 (and the
+   connection is closed), a client gone mid-body is counted as `client_disconnected`;
+4. validates it on one of `parse_threads` threads (`CloudEngine.parse_*`: the decoders enforce the image caps and the
+   payload's declared sizes before they allocate);
+5. queues it (503 when `max_queue` are waiting) until its batch runs; a request whose deadline passes first gets 503
+   and is not computed, and one whose client disconnects is withdrawn.
+
+Every refusal is a JSON `{"error": {"kind", "message"}}` (protocol.ERROR_STATUS); nothing from a request is unpickled.
+uvicorn bounds what comes before the app: connections (`limit_concurrency`, `ServerSettings.max_connections`; beyond
+it, uvicorn's own plain 503), header size (h11's 16 KiB), idle keep-alive connections (5 s) and graceful shutdown
+(`timeout` seconds, then open requests are cancelled).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Awaitable, Hashable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from ultralytics.utils import LOGGER
 
+from ecc_yolo.codec import MAX_IMAGE_PIXELS
 from ecc_yolo.serve import metrics as metrics_text
-from ecc_yolo.serve.batcher import MicroBatcher, Overloaded
+from ecc_yolo.serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.metrics import ServerMetrics
 from ecc_yolo.serve.protocol import (
@@ -35,11 +52,14 @@ from ecc_yolo.serve.protocol import (
     IMAGE_PATH,
     METRICS_PATH,
     MODEL_PATH,
+    READY_PATH,
+    TIMEOUT_HEADER,
     TOKEN_ENV,
     RequestError,
 )
 
 ROUTE_NAMES = {"image": "cloud", "features": "adapted"}  # batch-key kind -> route label in metrics and answers
+MAX_RETRY_AFTER_S = 60  # cap of the Retry-After estimate, seconds
 
 
 @dataclass(frozen=True)
@@ -51,20 +71,54 @@ class ServerSettings:
     max_batch: int = 8  # requests per forward pass
     max_wait_ms: float = 10.0  # how long a batch waits to fill, milliseconds
     max_queue: int = 256  # waiting requests beyond which new ones get 503
+    max_concurrency: int = 64  # inference requests in the process at once; beyond: 503 before the body is read
+    timeout: float = 5.0  # seconds a request may take in the server, body upload included; clients may ask for less
+    max_pixels: int = MAX_IMAGE_PIXELS  # largest image (width x height) the image route decodes
+    parse_threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # bodies validated/decoded at once
+
+    @property
+    def max_connections(self) -> int:
+        """uvicorn's `limit_concurrency`: open connections (and tasks) beyond which uvicorn itself answers a plain
+        503. Well above `max_concurrency`, so that refused, idle keep-alive and health-check connections fit and
+        clients see this server's JSON 503 with Retry-After; it bounds what connections can buffer (about 80 KiB
+        each: uvicorn's 64 KiB read-ahead and h11's 16 KiB header limit)."""
+        return 16 * self.max_concurrency
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The uvicorn settings these limits imply (for `uvicorn.run` / `uvicorn.Config`)."""
+        # Every request ends by its deadline (`timeout`): the graceful shutdown waits for them, with a second to spare.
+        return {"limit_concurrency": self.max_connections, "timeout_keep_alive": 5,
+                "timeout_graceful_shutdown": math.ceil(self.timeout) + 1}
 
     @classmethod
     def from_args(cls, args: Any) -> ServerSettings:
         """From a validated argument namespace; the token falls back to the ECC_YOLO_TOKEN environment variable."""
         token = args.token if args.token not in (None, "") else os.environ.get(TOKEN_ENV) or None
         return cls(token=None if token is None else str(token), max_body=int(args.max_body),
-                   max_batch=int(args.max_batch), max_wait_ms=float(args.max_wait_ms), max_queue=int(args.max_queue))
+                   max_batch=int(args.max_batch), max_wait_ms=float(args.max_wait_ms), max_queue=int(args.max_queue),
+                   max_concurrency=int(args.max_concurrency), timeout=float(args.timeout),
+                   max_pixels=int(args.max_pixels))
 
 
 class DetectBackend(Protocol):
     """What runs validated requests: batches them and answers `(answer dict, batch size)`."""
 
-    async def detect(self, key: Hashable, item: Any) -> tuple[dict[str, Any], int]:
-        """Answer one validated item (see `CloudEngine.run`)."""
+    async def detect(self, key: Hashable, item: Any, deadline: float) -> tuple[dict[str, Any], int]:
+        """Answer one validated item (see `CloudEngine.run`) unless `deadline` (`time.monotonic()` seconds) passes
+        first; cancelling the call withdraws the item.
+
+        Raises:
+            RequestError: refused (overloaded, deadline_exceeded, or the item's own error).
+        """
+
+    def queue_depth(self) -> int:
+        """Validated requests waiting for a batch."""
+
+    def readiness(self) -> str | None:
+        """None when requests can be taken now, else why not."""
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait before trying again (Retry-After)."""
 
 
 class BatchedBackend:
@@ -80,13 +134,35 @@ class BatchedBackend:
         self.batcher = MicroBatcher(engine.run, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue,
                                     on_batch=on_batch)
 
-    async def detect(self, key: Hashable, item: Any) -> tuple[dict[str, Any], int]:
-        """Queue the item and await its batch."""
+    async def detect(self, key: Hashable, item: Any, deadline: float = math.inf) -> tuple[dict[str, Any], int]:
+        """Queue the item and await its batch (cancelling this withdraws it from the queue)."""
         try:
-            future = self.batcher.submit(key, item)
+            future = self.batcher.submit(key, item, deadline)
         except Overloaded as e:
-            raise RequestError("overloaded", f"server busy: {e}; retry later") from None
-        return await asyncio.wrap_future(future)
+            raise RequestError("overloaded", f"server busy: {e} (max_queue); retry later") from None
+        try:
+            answer, size = await asyncio.wrap_future(future)
+        except DeadlineExceeded as e:
+            raise RequestError("deadline_exceeded", f"not computed: {e}") from None
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer, size
+
+    def queue_depth(self) -> int:
+        """Requests waiting in the batcher's queue."""
+        return len(self.batcher)
+
+    def readiness(self) -> str | None:
+        """Not ready while the worker thread is not running or the queue is full."""
+        if not self.batcher.alive():
+            return "the batch worker is not running"
+        if len(self.batcher) >= self.batcher.max_queue:
+            return f"the queue is full ({len(self.batcher)} requests, max_queue)"
+        return None
+
+    def retry_after(self) -> int:
+        """The time the current queue takes to drain, from the mean batch time; 1 to MAX_RETRY_AFTER_S seconds."""
+        return min(max(1, math.ceil(self.batcher.wait_estimate())), MAX_RETRY_AFTER_S)
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -97,37 +173,112 @@ class BatchedBackend:
         self.batcher.close()
 
 
-def _error(e: RequestError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status,
-                        headers={"WWW-Authenticate": "Bearer"} if e.kind == "unauthorized" else None)
+class Admission:
+    """Counts the inference requests in the process, from before their body is read until they are answered, and
+    refuses new ones beyond `limit`. Used from the event loop only (one thread), so it needs no lock."""
+
+    def __init__(self, limit: int) -> None:
+        """At most `limit` requests at once."""
+        self.limit, self.count = limit, 0
+
+    def enter(self) -> bool:
+        """Take a place; False if none is free."""
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        """Give a place back."""
+        self.count -= 1
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes before reading it when Content-Length says so,
-    and as soon as the limit is passed otherwise."""
+def request_deadline(request: Request, timeout: float) -> float:
+    """The request's deadline (`time.monotonic()` seconds): its arrival plus the shorter of the server's `timeout`
+    and what the client asks for in X-ECC-Timeout-Ms."""
+    seconds = timeout
+    asked = request.headers.get(TIMEOUT_HEADER)
+    if asked is not None:
+        try:
+            ms = float(asked)
+        except ValueError:
+            ms = math.nan
+        if not (math.isfinite(ms) and ms > 0):
+            raise RequestError("bad_request", f"invalid {TIMEOUT_HEADER} {asked[:40]!r}: milliseconds > 0 expected")
+        seconds = min(seconds, ms / 1000)
+    return time.monotonic() + seconds
+
+
+async def read_body(request: Request, limit: int, deadline: float = math.inf) -> bytearray:
+    """The request body, read once into one buffer that grows only as bytes arrive: refused (413) before reading when
+    Content-Length says it is over `limit` bytes, and as soon as the limit is passed otherwise; 408 when it is not
+    complete by `deadline` (`time.monotonic()` seconds); `client_disconnected` when the client goes away."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise RequestError("bad_request", f"invalid Content-Length {declared!r}")
+            raise RequestError("bad_request", f"invalid Content-Length {declared[:40]!r}")
         if int(declared) > limit:
             raise RequestError("too_large", f"body of {int(declared)} bytes exceeds the {limit}-byte limit (max_body)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError("too_large", f"body exceeds the {limit}-byte limit (max_body)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = bytearray()
+
+    async def fill() -> None:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                raise RequestError("too_large", f"body exceeds the {limit}-byte limit (max_body)")
+            body.extend(chunk)
+
+    try:
+        await asyncio.wait_for(fill(), max(deadline - time.monotonic(), 0.0))
+    except asyncio.TimeoutError:
+        raise RequestError("body_timeout", f"body incomplete at the request's deadline ({len(body)} bytes "
+                                           f"received)") from None
+    except ClientDisconnect:
+        raise RequestError("client_disconnected", f"the client disconnected mid-body ({len(body)} bytes "
+                                                  f"received)") from None
+    return body
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client disconnects (the body must have been read: its messages are consumed here)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_answered(request: Request, work: Awaitable[Any], deadline: float) -> Any:
+    """`await work`, unless the client disconnects or `deadline` (`time.monotonic()` seconds) passes first: then the
+    work is cancelled (which withdraws a queued request) and this raises RequestError."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a cancelled task's late error is not news
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, gone}, timeout=max(deadline - time.monotonic(), 0.0),
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        task.cancel()  # no-op when done
+    if task in done:
+        return task.result()
+    if gone in done:
+        raise RequestError("client_disconnected", "the client disconnected before its answer; its work was withdrawn")
+    raise RequestError("deadline_exceeded", "no answer before the request's deadline; retry later")
 
 
 def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSettings, metrics: ServerMetrics,
                lifespan: Any = None) -> FastAPI:
-    """The FastAPI app serving `engine` through `backend` (routes: `ecc_yolo.serve.protocol`)."""
+    """The FastAPI app serving `engine` through `backend` (routes: `ecc_yolo.serve.protocol`); `app.state.settings`
+    holds `settings` (for the uvicorn options, see `BackgroundServer`)."""
     app = FastAPI(title="ecc-yolo cloud", version=str(engine.describe()["api_version"]), lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)  # no schema endpoints: bodies are raw bytes
+    app.state.settings = settings
     description = {**engine.describe(), "auth": settings.token is not None, "max_body": settings.max_body,
-                   "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}
+                   "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+                   "max_queue": settings.max_queue, "max_concurrency": settings.max_concurrency,
+                   "timeout": settings.timeout, "max_pixels": settings.max_pixels}
     expected_auth = f"Bearer {settings.token}".encode() if settings.token is not None else None
+    admission = Admission(settings.max_concurrency)
+    parse_limiter = anyio.CapacityLimiter(settings.parse_threads)
+    metrics.in_flight.track(lambda: admission.count)
+    metrics.queue_depth.track(backend.queue_depth)
 
     def check_auth(request: Request) -> None:
         if expected_auth is None:
@@ -136,32 +287,59 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
         if not hmac.compare_digest(given, expected_auth):  # constant time: no token prefix can be probed
             raise RequestError("unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")
 
+    def error_response(e: RequestError) -> JSONResponse:
+        headers = {}
+        if e.kind == "unauthorized":
+            headers["WWW-Authenticate"] = "Bearer"
+        if e.status == 503:
+            headers["Retry-After"] = str(backend.retry_after())
+        if e.kind == "body_timeout":
+            headers["Connection"] = "close"  # uvicorn would otherwise keep reading (and discarding) the slow body
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
     async def detect(request: Request, kind: str) -> JSONResponse:
         t0 = time.perf_counter()
         route = ROUTE_NAMES[kind]
+        admitted = False
         try:
             check_auth(request)
-            body = await read_body(request, settings.max_body)
+            deadline = request_deadline(request, settings.timeout)
+            if not admission.enter():
+                raise RequestError("overloaded", f"server busy: {admission.count} requests in flight "
+                                                 f"(max_concurrency); retry later")
+            admitted = True
+            body = await read_body(request, settings.max_body, deadline)
             metrics.bytes_in.inc(route, amount=len(body))
-            if kind == "image":
-                key, item = await run_in_threadpool(engine.parse_image, body)
-            else:
-                key, item = await run_in_threadpool(engine.parse_features, body, settings.max_body)
-            answer, batch_size = await backend.detect(key, item)
+            parse, limit = ((engine.parse_image, settings.max_pixels) if kind == "image" else
+                            (engine.parse_features, settings.max_body))
+
+            async def validate_and_run(body: bytearray) -> tuple[dict[str, Any], int]:
+                key, item = await anyio.to_thread.run_sync(parse, body, limit, limiter=parse_limiter)
+                del body  # the buffer is freed once parsed, not held while the item waits for its batch
+                return await backend.detect(key, item, deadline)
+
+            work = validate_and_run(body)
+            del body
+            answer, batch_size = await until_answered(request, work, deadline)
+            seconds = time.perf_counter() - t0
+            # Built here, inside the error handling: an answer that cannot be serialised is answered as a bug.
+            response = JSONResponse({**answer, "batch_size": batch_size, "server_ms": round(seconds * 1000, 3)})
         except RequestError as e:
             metrics.errors.inc(e.kind)
             metrics.requests.inc(route, e.status)
-            return _error(e)
+            return error_response(e)
         except Exception as e:  # a bug: answer it as one, keep serving
             LOGGER.exception(f"ecc-yolo serve: internal error on {request.url.path}: {e}")
             err = RequestError("internal", f"internal server error ({type(e).__name__})")
             metrics.errors.inc(err.kind)
             metrics.requests.inc(route, err.status)
-            return _error(err)
-        seconds = time.perf_counter() - t0
+            return error_response(err)
+        finally:
+            if admitted:
+                admission.leave()
         metrics.latency.observe(seconds, route)
         metrics.requests.inc(route, 200)
-        return JSONResponse({**answer, "batch_size": batch_size, "server_ms": round(seconds * 1000, 3)})
+        return response
 
     @app.post(IMAGE_PATH)
     async def detect_image(request: Request) -> JSONResponse:
@@ -175,9 +353,22 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
 
     @app.get(HEALTH_PATH)
     async def healthz() -> dict[str, str]:
-        """Liveness."""
+        """Liveness: the process answers."""
         metrics.requests.inc("healthz", 200)
         return {"status": "ok"}
+
+    @app.get(READY_PATH)
+    async def readyz() -> JSONResponse:
+        """Readiness: whether a request sent now would be taken (503 + Retry-After while not)."""
+        reason = backend.readiness()
+        if reason is None and admission.count >= admission.limit:
+            reason = f"{admission.count} requests in flight (max_concurrency)"
+        status = 200 if reason is None else 503
+        metrics.requests.inc("readyz", status)
+        if reason is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503,
+                            headers={"Retry-After": str(backend.retry_after())})
 
     @app.get(MODEL_PATH)
     async def model_info() -> dict[str, Any]:
@@ -244,7 +435,7 @@ def serve(args: Any) -> None:
     import uvicorn
 
     uvicorn.run(build_app(engine, settings), host=args.host, port=args.port,
-                log_level="info" if args.verbose else "warning")
+                log_level="info" if args.verbose else "warning", **settings.uvicorn_options())
 
 
 class BackgroundServer:
@@ -255,10 +446,13 @@ class BackgroundServer:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
-        """Serve `app` on host:port (port 0: a free port, see `.url` once entered)."""
+        """Serve `app` on host:port (port 0: a free port, see `.url` once entered), with the uvicorn options of the
+        app's `ServerSettings` (`app.state.settings`, set by `create_app`)."""
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+        state = getattr(app, "state", None)
+        options = getattr(state, "settings", ServerSettings()).uvicorn_options()
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, **options))
         self.host = host
         self.thread = threading.Thread(target=self.server.run, name="ecc-uvicorn", daemon=True)
         self.url = ""
@@ -275,5 +469,14 @@ class BackgroundServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 30.0) -> float:
+        """Shut the server down gracefully (uvicorn's graceful timeout is the settings' `timeout`); returns the
+        seconds it took, or raises TimeoutError after `timeout` seconds."""
+        t0 = time.monotonic()
         self.server.should_exit = True
-        self.thread.join(15)
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"the server did not stop within {timeout:g} s")
+        return time.monotonic() - t0
