@@ -162,7 +162,7 @@ def run_serve(args: dict[str, Any]) -> None:
             import ray.serve  # noqa: F401
         except ImportError:
             raise UsageError('backend=ray needs Ray Serve: pip install -e ".[ray]"') from None
-    from ecc_yolo.serve.server import serve
+    from ecc_yolo.serve.run import serve
 
     serve(ns)
 

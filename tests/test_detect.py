@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, Response
 from ecc_yolo.args import get_args
 from ecc_yolo.checkpoint import load_ecc
 from ecc_yolo.codec import decode_features, decode_image, encode_features, encode_jpeg
+from ecc_yolo.infer import input_tensor
 from ecc_yolo.serve.client import EdgeStreamClient, StreamSettings, detect
-from ecc_yolo.serve.engine import CloudEngine, input_tensor
+from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.link import ModelMismatchError
 from ecc_yolo.serve.protocol import FEATURES_PATH, MODEL_PATH, READY_PATH
 from ecc_yolo.serve.server import BackgroundServer, ServerSettings, build_app

@@ -20,8 +20,9 @@ from conftest import ServerProcess
 
 from ecc_yolo.checkpoint import load_ecc
 from ecc_yolo.codec import encode_features
+from ecc_yolo.infer import input_tensor
 from ecc_yolo.serve.batcher import DeadlineExceeded, MicroBatcher
-from ecc_yolo.serve.engine import CloudEngine, input_tensor
+from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.link import CloudLink, OffloadError
 from ecc_yolo.serve.metrics import ServerMetrics
 from ecc_yolo.serve.protocol import FEATURES_PATH, HEALTH_PATH, METRICS_PATH, READY_PATH, TIMEOUT_HEADER

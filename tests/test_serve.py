@@ -16,8 +16,9 @@ import torch
 
 from ecc_yolo.checkpoint import load_ecc
 from ecc_yolo.codec import encode_features, encode_jpeg
+from ecc_yolo.infer import input_tensor
 from ecc_yolo.serve.batcher import MicroBatcher, Overloaded
-from ecc_yolo.serve.engine import CloudEngine, input_tensor
+from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.local import LocalServer
 from ecc_yolo.serve.protocol import (
     FEATURES_PATH,

@@ -201,7 +201,8 @@ def main() -> None:
 
     from ecc_yolo.codec import encode_features
     from ecc_yolo.engine.model import ECC
-    from ecc_yolo.serve.engine import CloudEngine, input_tensor
+    from ecc_yolo.infer import input_tensor
+    from ecc_yolo.serve.engine import CloudEngine
     from ecc_yolo.serve.local import LocalServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_overload_"))

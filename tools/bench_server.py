@@ -87,7 +87,7 @@ def main() -> None:
     from ecc_yolo.codec import encode_features, encode_jpeg
     from ecc_yolo.data.synthetic import generate_video
     from ecc_yolo.engine.model import ECC
-    from ecc_yolo.serve.engine import input_tensor
+    from ecc_yolo.infer import input_tensor
     from ecc_yolo.serve.local import LocalServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_server_"))

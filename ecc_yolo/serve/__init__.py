@@ -5,8 +5,9 @@ Modules, one concept each:
     engine    the cloud's model work: request validation, letterbox, batched forward passes, NMS
     batcher   dynamic micro-batching of requests on a worker thread
     metrics   Prometheus counters and histograms of one server
-    server    the FastAPI app (one process on uvicorn) and how to run it
+    server    the FastAPI app (one process on uvicorn)
     ray_app   the same app as a Ray Serve deployment (optional extra `ray`)
+    run       `ecc-yolo serve`: picks the backend (uvicorn or Ray Serve) and runs it
     link      the edge's connection to a server: offload requests, health probes, back-off
     outputs   what `detect` writes: annotated video, JSON lines, live window
     client    the edge stream client: edge + gate on every frame, asynchronous offloading, in-order results

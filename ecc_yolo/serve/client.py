@@ -33,29 +33,24 @@ from ultralytics.cfg import get_save_dir
 from ultralytics.data.augment import LetterBox
 from ultralytics.data.build import load_inference_source
 from ultralytics.engine.results import Results
-from ultralytics.utils import LOGGER, TQDM, nms, ops
+from ultralytics.utils import LOGGER, TQDM, ops
 
 from ecc_yolo.codec import encode_features, encode_jpeg
 from ecc_yolo.edge import EdgeOutputs, EdgeRuntime, TorchEdge, load_edge
 from ecc_yolo.nn.ecc_model import ECCModel
-from ecc_yolo.policy import (
-    EXIT_CODES,
-    Budget,
-    BudgetController,
-    exit_probabilities,
-    offload_mask,
-)
-from ecc_yolo.serve.engine import input_shape_for, input_tensor
+from ecc_yolo.infer import detections, input_tensor, nms_settings
+from ecc_yolo.policy import Budget, BudgetController, decide
+from ecc_yolo.routes import ADAPTED, AUTO, CLOUD, DEVICE_ROUTES, EDGE, EXTENSION, FALLBACK, STREAM_ROUTES
+from ecc_yolo.serve.engine import input_shape_for
 from ecc_yolo.serve.link import CloudLink, ModelMismatchError, OffloadError
 from ecc_yolo.serve.protocol import (
     FEATURES_PATH,
     IMAGE_PATH,
-    TOKEN_ENV,
     detections_array,
+    resolve_token,
 )
 
-ROUTE_PATHS = {"adapted": FEATURES_PATH, "cloud": IMAGE_PATH}
-DEVICE_ROUTES = ("edge", "extension")  # answered on the device: no server needed
+ROUTE_PATHS = {ADAPTED: FEATURES_PATH, CLOUD: IMAGE_PATH}
 
 
 @dataclass(frozen=True)
@@ -81,13 +76,10 @@ class StreamSettings:
     def from_args(cls, args: Any, stride: int) -> StreamSettings:
         """From validated arguments (imgsz checked against the model's `stride`; token falls back to the
         ECC_YOLO_TOKEN environment variable)."""
-        import os
-
-        token = args.token if args.token not in (None, "") else os.environ.get(TOKEN_ENV) or None
         return cls(route=args.route, imgsz=input_shape_for(args.imgsz, stride),
                    conf=0.25 if args.conf is None else float(args.conf), iou=float(args.iou),
                    max_det=int(args.max_det), classes=args.classes, agnostic_nms=bool(args.agnostic_nms),
-                   cloud=args.cloud or None, token=None if token is None else str(token), timeout=float(args.timeout),
+                   cloud=args.cloud or None, token=resolve_token(args.token), timeout=float(args.timeout),
                    max_inflight=int(args.max_inflight), budget=Budget.parse(args.budget))
 
 
@@ -135,9 +127,8 @@ class EdgeStreamClient:
             raise ValueError("route=extension needs a model with an extension block (cfg `extension:`)")
         # Square letterbox (predict's, without its minimal-rectangle option): payloads of one size batch on the server.
         self._letterbox = LetterBox(settings.imgsz, auto=False, stride=self.edge.stride)
-        self._nms = {"conf_thres": settings.conf, "iou_thres": settings.iou, "classes": settings.classes,
-                     "agnostic": settings.agnostic_nms, "max_det": settings.max_det,
-                     "end2end": self.edge.edge_end2end}
+        self._nms = nms_settings(settings.conf, settings.iou, settings.max_det, settings.classes,
+                                 settings.agnostic_nms)
         self.link = link
         if self.link is None and settings.route not in DEVICE_ROUTES:
             self.link = CloudLink(settings.cloud, self.fingerprint, self.names, token=settings.token,
@@ -214,41 +205,34 @@ class EdgeStreamClient:
         letterboxed = self._letterbox(image=image)
         x = input_tensor([letterboxed], self.device)
         route = self.settings.route
-        outputs = self.edge.run(x, need_latents=route in ("auto", "adapted"))
+        outputs = self.edge.run(x, need_latents=route in (AUTO, ADAPTED))
         det = self._detections(outputs.edge, self.edge.edge_end2end, x, image)
-        frame = _Frame(index, str(path), image, letterboxed.shape[:2], det, "edge", t0, wall, time_s)
+        frame = _Frame(index, str(path), image, letterboxed.shape[:2], det, EDGE, t0, wall, time_s)
 
-        if route == "edge":
+        if route == EDGE:
             return frame
-        if route == "extension":
+        if route == EXTENSION:
             return self._answer_on_extension(frame, outputs, x, image)
         available = self.link.available()
-        if route == "auto":
+        if route == AUTO:
             if self.multi_exit:  # the router picks main, extension or cloud; main and extension stay on the device
-                p = exit_probabilities(outputs.router)[0]
-                frame.gain = float(p[EXIT_CODES["cloud"]])
+                decision = decide(exit_logits=outputs.router, controller=self.controller)
+            else:  # float64, as the gain was compared with the threshold before
+                decision = decide(np.asarray(outputs.gate, dtype=np.float64), controller=self.controller,
+                                  threshold=None if self.controller is not None else self.edge.gate_threshold)
+            frame.gain = float(decision.scores[0])
+            if decision.answered_by(EXTENSION)[0]:
                 if self.controller is not None:
-                    wanted = self.controller.decide(frame.gain)
-                else:
-                    wanted = int(p.argmax()) == EXIT_CODES["cloud"]
-                if not wanted and p[EXIT_CODES["extension"]] > p[EXIT_CODES["main"]]:
-                    if self.controller is not None:
-                        self.controller.record(False, 0)
-                    return self._answer_on_extension(frame, outputs, x, image)
-            else:
-                frame.gain = float(outputs.gate[0, 0])
-                if self.controller is not None:
-                    wanted = self.controller.decide(frame.gain)
-                else:
-                    wanted = bool(offload_mask(np.array([frame.gain]), self.edge.gate_threshold)[0])
-            target = "adapted"
+                    self.controller.record(False, 0)
+                return self._answer_on_extension(frame, outputs, x, image)
+            wanted, target = bool(decision.offloaded[0]), ADAPTED
         else:
             wanted, target = True, route
         if wanted and not available:
-            frame.route = "fallback"
+            frame.route = FALLBACK
             self.errors["cloud_unavailable"] += 1
         elif wanted:
-            if target == "adapted":
+            if target == ADAPTED:
                 body = encode_features(self.edge.payloads(outputs, image.shape[:2], tuple(x.shape[2:]))[0])
             else:
                 body = encode_jpeg(letterboxed, self.settings.jpeg_quality)
@@ -263,9 +247,7 @@ class EdgeStreamClient:
 
     def _detections(self, decoded: torch.Tensor, end2end: bool, x: torch.Tensor, image: np.ndarray) -> np.ndarray:
         """NMS of one frame's decoded predictions, boxes scaled to the original frame's pixels."""
-        det = nms.non_max_suppression(decoded, **{**self._nms, "end2end": end2end})[0][:, :6].float()
-        det[:, :4] = ops.scale_boxes(x.shape[2:], det[:, :4], image.shape[:2])
-        return det.cpu().numpy()
+        return detections(decoded, end2end, self._nms, tuple(x.shape[2:]), [image.shape[:2]])[0].cpu().numpy()
 
     def _answer_on_extension(self, frame: _Frame, outputs: EdgeOutputs, x: torch.Tensor, image: np.ndarray) -> _Frame:
         """Answer a frame with a multi-exit edge's extension exit, on the device (nothing is sent)."""
@@ -343,7 +325,7 @@ class EdgeStreamClient:
             "seconds": round(seconds, 3),
             "fps": round(n / seconds, 2) if seconds > 0 else 0.0,
             "route": self.settings.route,
-            "routes": {r: self.stats[r] for r in ("edge", "extension", "adapted", "cloud", "fallback")},
+            "routes": {r: self.stats[r] for r in STREAM_ROUTES},
             "offload_ratio": round(self.stats["sent"] / n, 4) if n else 0.0,
             "cloud_answered_ratio": round((self.stats["adapted"] + self.stats["cloud"]) / n, 4) if n else 0.0,
             "bytes_sent": self.stats["bytes"],

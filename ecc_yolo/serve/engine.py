@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ import cv2
 import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
-from ultralytics.utils import nms, ops
 
 from ecc_yolo.codec import (
     FORMAT_VERSION,
@@ -30,19 +28,11 @@ from ecc_yolo.codec import (
     decode_features,
     decode_image,
 )
+from ecc_yolo.infer import detections, input_tensor, nms_settings, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.payload import peek_input_shape
+from ecc_yolo.routes import REQUEST_ROUTES
 from ecc_yolo.serve.protocol import API_VERSION, RequestError, detections_json
-
-_HEADER_SHAPES = struct.Struct("<4H")  # feature payload bytes 24..32: image h, w; input h, w (codec docstring)
-_HEADER_SHAPES_OFFSET = 24
-
-
-def input_tensor(images: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
-    """Letterboxed BGR uint8 HWC frames of one size -> (B, 3, H, W) RGB float32 in 0..1, as Ultralytics'
-    predictor prepares them."""
-    im = torch.from_numpy(np.stack(images)).to(device)
-    return im.permute(0, 3, 1, 2).flip(1).float().div_(255)
-
 
 def input_shape_for(imgsz: int | tuple[int, int] | list[int], stride: int) -> tuple[int, int]:
     """(h, w) network input size from an `imgsz` argument; must be multiples of `stride`.
@@ -100,11 +90,9 @@ class CloudEngine:
         self.stride = int(self.model.stride.max())
         self.input_shape = input_shape_for(imgsz, self.stride)
         self.names = {int(k): str(v) for k, v in self.model.names.items()}
-        self.nms_args = {"conf_thres": conf, "iou_thres": iou, "classes": classes, "agnostic": agnostic_nms,
-                         "max_det": max_det}
-        adapted_tail = getattr(self.model, "adapted_cloud", None) or self.model.cloud
-        self.end2end = {"image": bool(getattr(self.model.cloud, "end2end", False)),
-                        "features": bool(getattr(adapted_tail, "end2end", False))}
+        self.nms_args = nms_settings(conf, iou, max_det, classes, agnostic_nms)
+        end2end = route_end2end(self.model)
+        self.end2end = {kind: end2end[route] for kind, route in REQUEST_ROUTES.items()}  # batch-key kind -> head's
         # Square letterbox (not predict's minimal rectangle): every image gets the same shape, so any two batch.
         self._letterbox = LetterBox(self.input_shape, auto=False, stride=self.stride)
 
@@ -153,12 +141,10 @@ class CloudEngine:
     def parse_features(self, body: bytes | bytearray, max_bytes: int) -> tuple[Hashable, FeaturePayload]:
         """Validate a feature payload against this model (format, version, checksum, fingerprint, tensor shapes);
         returns (batch key, payload)."""
-        expected = None
-        if len(body) >= _HEADER_SHAPES_OFFSET + _HEADER_SHAPES.size:
-            # The input size decides which tensor shapes are valid; read it first so that a payload with the wrong
-            # shapes is refused before its body is inflated (the codec checks shapes before decompressing).
-            _, _, nh, nw = _HEADER_SHAPES.unpack_from(body, _HEADER_SHAPES_OFFSET)
-            expected = self._servable_shapes((nh, nw))
+        # The input size decides which tensor shapes are valid; read it first so that a payload with the wrong
+        # shapes is refused before its body is inflated (the codec checks shapes before decompressing).
+        declared = peek_input_shape(body)  # None: too short for a header (the codec refuses it as truncated)
+        expected = None if declared is None else self._servable_shapes(declared)
         try:
             payload = decode_features(body, self.fingerprint, {} if expected is None else expected, max_bytes)
         except PayloadError as e:
@@ -166,7 +152,8 @@ class CloudEngine:
             if message.startswith("model fingerprint mismatch"):
                 raise RequestError("fingerprint_mismatch", message) from None
             if message.startswith("tensor shapes"):
-                if expected is None:
+                if expected is None and declared is not None:
+                    nh, nw = declared
                     message = (f"input size {nh}x{nw} is not served: each side must be a multiple of {self.stride} "
                                f"and at most the server's imgsz {self.input_shape[0]}x{self.input_shape[1]}")
                 raise RequestError("shape_mismatch", message) from None
@@ -199,14 +186,12 @@ class CloudEngine:
         pred = out[0] if isinstance(out, (list, tuple)) else out
         finite = torch.isfinite(pred.float().flatten(1)).all(1).tolist()
         answers: list[dict[str, Any] | RequestError] = []
-        for det, shape, ok in zip(nms.non_max_suppression(out, **self.nms_args, end2end=self.end2end[kind]), shapes,
+        for det, shape, ok in zip(detections(out, self.end2end[kind], self.nms_args, input_shape, shapes), shapes,
                                   finite):
             if not ok:
                 answers.append(RequestError("bad_payload", "the payload's values make the model's output "
                                                            "non-finite"))
                 continue
-            det = det[:, :6].float()
-            det[:, :4] = ops.scale_boxes(input_shape, det[:, :4], shape)
             answers.append({"route": route, "detections": detections_json(det.cpu().numpy(), self.names),
                             "image_shape": list(shape), "input_shape": list(input_shape)})
         return answers

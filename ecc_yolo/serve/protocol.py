@@ -26,6 +26,7 @@ on it after that (or after its own `timeout`, whichever is shorter) instead of c
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -118,3 +119,10 @@ def detections_array(detections: list[dict[str, Any]]) -> np.ndarray:
 def bearer_header(token: str | None) -> dict[str, str]:
     """The Authorization header that carries `token` (none without a token)."""
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def resolve_token(token: Any) -> str | None:
+    """The bearer token to use: `token` when given (taken verbatim, as a string), else the ECC_YOLO_TOKEN
+    environment variable, else None (no authentication)."""
+    token = token if token not in (None, "") else os.environ.get(TOKEN_ENV) or None
+    return None if token is None else str(token)

@@ -42,6 +42,7 @@ from starlette.requests import ClientDisconnect
 from ultralytics.utils import LOGGER
 
 from ecc_yolo.codec import MAX_IMAGE_PIXELS
+from ecc_yolo.routes import REQUEST_ROUTES  # batch-key kind -> route label in metrics and answers
 from ecc_yolo.serve import metrics as metrics_text
 from ecc_yolo.serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine
@@ -54,11 +55,10 @@ from ecc_yolo.serve.protocol import (
     MODEL_PATH,
     READY_PATH,
     TIMEOUT_HEADER,
-    TOKEN_ENV,
     RequestError,
+    resolve_token,
 )
 
-ROUTE_NAMES = {"image": "cloud", "features": "adapted"}  # batch-key kind -> route label in metrics and answers
 MAX_RETRY_AFTER_S = 60  # cap of the Retry-After estimate, seconds
 
 
@@ -93,8 +93,7 @@ class ServerSettings:
     @classmethod
     def from_args(cls, args: Any) -> ServerSettings:
         """From a validated argument namespace; the token falls back to the ECC_YOLO_TOKEN environment variable."""
-        token = args.token if args.token not in (None, "") else os.environ.get(TOKEN_ENV) or None
-        return cls(token=None if token is None else str(token), max_body=int(args.max_body),
+        return cls(token=resolve_token(args.token), max_body=int(args.max_body),
                    max_batch=int(args.max_batch), max_wait_ms=float(args.max_wait_ms), max_queue=int(args.max_queue),
                    max_concurrency=int(args.max_concurrency), timeout=float(args.timeout),
                    max_pixels=int(args.max_pixels))
@@ -128,8 +127,8 @@ class BatchedBackend:
         """Batch with the settings' max_batch / max_wait_ms / max_queue; record batch figures in `metrics`."""
 
         def on_batch(key: Hashable, size: int, seconds: float) -> None:
-            metrics.batch_size.observe(size, ROUTE_NAMES[key[0]])
-            metrics.inference.observe(seconds, ROUTE_NAMES[key[0]])
+            metrics.batch_size.observe(size, REQUEST_ROUTES[key[0]])
+            metrics.inference.observe(seconds, REQUEST_ROUTES[key[0]])
 
         self.batcher = MicroBatcher(engine.run, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue,
                                     on_batch=on_batch)
@@ -299,7 +298,7 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
 
     async def detect(request: Request, kind: str) -> JSONResponse:
         t0 = time.perf_counter()
-        route = ROUTE_NAMES[kind]
+        route = REQUEST_ROUTES[kind]
         admitted = False
         try:
             check_auth(request)
@@ -406,36 +405,6 @@ def build_app(engine: CloudEngine, settings: ServerSettings) -> FastAPI:
             backend.close()
 
     return create_app(engine, backend, settings, metrics, lifespan=lifespan)
-
-
-def engine_kwargs(args: Any) -> dict[str, Any]:
-    """CloudEngine settings from a validated argument namespace (Ultralytics' predict arguments)."""
-    return {"imgsz": args.imgsz, "conf": 0.25 if args.conf is None else float(args.conf), "iou": float(args.iou),
-            "max_det": int(args.max_det), "classes": args.classes, "agnostic_nms": bool(args.agnostic_nms)}
-
-
-def serve(args: Any) -> None:
-    """Run the server until interrupted (`ecc-yolo serve`): uvicorn, or Ray Serve with backend=ray."""
-    from ultralytics.utils.torch_utils import select_device
-
-    settings = ServerSettings.from_args(args)
-    auth = "bearer token required" if settings.token else "no authentication (set token= or ECC_YOLO_TOKEN)"
-    if args.backend == "ray":
-        from ecc_yolo.serve.ray_app import serve_ray
-
-        LOGGER.info(f"ecc-yolo serve: Ray Serve, {args.replicas} replica(s), {auth}")
-        serve_ray(str(args.model), settings, {**engine_kwargs(args), "device": str(args.device or "cpu")},
-                  host=args.host, port=args.port, replicas=args.replicas)
-        return
-    engine = CloudEngine.from_checkpoint(args.model, device=select_device(args.device, verbose=False),
-                                         **engine_kwargs(args))
-    LOGGER.info(f"ecc-yolo serve: {engine.model.spec.name} fingerprint {engine.fingerprint.hex()} at "
-                f"http://{args.host}:{args.port} (imgsz {engine.input_shape}, max_batch {settings.max_batch}, "
-                f"max_wait_ms {settings.max_wait_ms}), {auth}")
-    import uvicorn
-
-    uvicorn.run(build_app(engine, settings), host=args.host, port=args.port,
-                log_level="info" if args.verbose else "warning", **settings.uvicorn_options())
 
 
 class BackgroundServer:
