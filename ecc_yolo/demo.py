@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,9 @@ def _step(title: str) -> None:
 def _ecc_yolo(*args: str) -> None:
     """Run an `ecc-yolo` command as a user would (this interpreter), failing loudly."""
     LOGGER.info("ecc-yolo " + " ".join(args))
-    subprocess.run([sys.executable, "-m", "ecc_yolo", *args], check=True)
+    from ecc_yolo.args import command_line
+
+    subprocess.run(command_line(*args), check=True)
 
 
 def choose_model(model: str | None) -> tuple[str, str]:
@@ -49,7 +50,7 @@ def choose_model(model: str | None) -> tuple[str, str]:
     if not shipped:
         raise zoo.ZooError(
             f"no zoo model is shipped in {zoo.zoo_dir()}, so the demo has nothing to run; reinstall the package, train "
-            f"the zoo with `{zoo.TRAIN_COMMAND[zoo.DEFAULT_MODEL]}` (about 2 hours on 2 CPU cores), or pass "
+            f"the zoo with `{zoo.TRAIN_COMMAND[zoo.DEFAULT_MODEL]}` (about 70 minutes on 2 CPU cores), or pass "
             f"model=<your ECC checkpoint>"
         )
     return shipped[0], "zoo"
@@ -98,11 +99,10 @@ def run_demo(model: str | None = None, train: bool = False, project: str | None 
         ecc, _ = load_ecc(model)
 
     _step("synthetic evaluation split and video")
-    images = EVAL_IMAGES
-    data = generate_dataset(out / "data", train=0, val=images, imgsz=imgsz, seed=DEMO_SEED)
+    data = generate_dataset(out / "data", train=0, val=EVAL_IMAGES, imgsz=imgsz, seed=DEMO_SEED)
     video = generate_video(out / "data" / "video.mp4", frames=VIDEO_FRAMES, fps=VIDEO_FPS, imgsz=imgsz, seed=DEMO_SEED)
 
-    _step(f"benchmark: every route and router on {images} images")
+    _step(f"benchmark: every route and router on {EVAL_IMAGES} images")
     bench = evaluate(ecc, data, out / "benchmark", imgsz=imgsz, batch=16, device=device)
 
     # The stream offloads the share of frames the benchmark chose for ECC_D; the budget controller moves the gate's

@@ -9,8 +9,9 @@ Steps:
     6. `ecc-yolo train stage=gate`: the offload gate and the exit router, with recall-rate boosting;
     7. `ecc-yolo val` of the result on the held-out split (the benchmark: every route, every router).
 Outputs in `out`: `<name>.pt` (the ECC checkpoint), `manifest.json` (sha256 of every file, generator version and
-seeds, commands, hardware, wall time per stage, per-part mAP50-95), and the runs/ and data/ folders. The `full`
-preset is the shipped zoo (GPU, `tools/train_zoo.py --device 0 --install`); `tiny` is the same pipeline with tiny
+seeds, the code's commit, commands, hardware, wall time and mAP per stage, held-out mAP50-95), `records/` (what a
+re-run skips or resumes, see `Stages`), and the runs/ and data/ folders. The `cpu` preset is the shipped zoo
+(`tools/train_zoo.py --install`, 2 CPU cores); `gpu` a larger one for a GPU; `tiny` is the same pipeline with tiny
 models that a 2-core CPU runs in minutes.
 """
 
@@ -22,13 +23,13 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ultralytics.utils import LOGGER
 
+from ecc_yolo.args import command_line
 from ecc_yolo.data.synthetic import GENERATOR_VERSION
 from ecc_yolo.spec import CFG_DIR
 from ecc_yolo.zoo import ASSETS, sha256
@@ -37,7 +38,7 @@ TRAIN_SEED, HELDOUT_SEED = 0, 12345
 DEFAULT_PRESET = "cpu"
 PRESETS = {
     # The shipped zoo, trained by `tools/train_zoo.py` on 2 CPU cores in under 150 minutes. Every choice and the
-    # measurement behind it is in docs/BENCHMARKS.md ("The CPU zoo"). In short: at 160 px YOLO11n trains at 22 to
+    # measurement behind it is in docs/BENCHMARKS.md (section 5, the CPU model zoo). In short: at 160 px YOLO11n trains at 22 to
     # 67 images/s on 2 cores (machines differ 3x), complex objects stay >= 10 px, and a quarter-width YOLO11 edge
     # is 4x cheaper; 1500 images x 40 epochs per detector gave a 0.19 mAP50-95 edge/cloud gap (0.222 vs 0.413) in a
     # probe; the cloud epoch takes 33 s here (93 s on the probe's machine), which leaves room for 20 adapt epochs.
@@ -91,7 +92,7 @@ STAGE_ARGS = {"edge": ["distill=True"], "gate": ["rrb=2.0"]}  # adapt: the defau
 def _ecc_yolo(cmd: list[str]) -> None:
     """Run one `ecc-yolo` command through this interpreter, failing loudly."""
     LOGGER.info("\n[zoo] ecc-yolo " + " ".join(cmd))
-    subprocess.run([sys.executable, "-m", "ecc_yolo", *cmd], check=True)
+    subprocess.run(command_line(*cmd), check=True)
 
 
 def _read_results(run_dir: Path) -> list[dict[str, float]]:
@@ -144,9 +145,13 @@ class Stages:
             self.records.mkdir(parents=True, exist_ok=True)
         self.log: list[dict] = []
 
+    def _done(self, step: str, output: Path) -> bool:
+        """Whether `step` finished before: its record and its output exist."""
+        return self._record(step).is_file() and output.exists()
+
     def _status(self, step: str, output: Path, last: Path | None) -> str:
         """What running `step` now would do: skip it, resume it, or run it."""
-        if self._record(step).is_file() and output.exists():
+        if self._done(step, output):
             return "done, skipped"
         if last is not None and last.is_file():
             epoch = checkpoint_epoch(last)
@@ -165,7 +170,7 @@ class Stages:
             status = self._status(step, output, run_dir / "weights" / "last.pt" if run_dir else None)
             self.plan.append(f"{step:<10} {status:<24} ecc-yolo {' '.join(cmd)}")
             return {"stage": step, "command": "ecc-yolo " + " ".join(cmd), "seconds": 0.0, "metrics": {}}
-        if record.is_file() and output.exists():
+        if self._done(step, output):
             entry = json.loads(record.read_text())
             LOGGER.info(f"[zoo] {step}: done before ({entry['seconds']:.0f} s), skipped; {record}")
             self.log.append(entry)
@@ -284,14 +289,14 @@ def train_zoo(preset: str = DEFAULT_PRESET, out: str | Path | None = None, devic
 
     final = out / f"{preset['name']}.pt"
     val_name = "heldout_val"
+    val_cmd = ["val", f"model={final}", f"data={heldout / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
+               f"device={device}", f"project={runs}", f"name={val_name}", "exist_ok=True"]
     if dry_run:
-        stages.run("val", ["val", f"model={final}", f"data={heldout / 'data.yaml'}"], runs / val_name / "summary.json")
+        stages.run("val", val_cmd, runs / val_name / "summary.json")
         print(f"zoo preset {preset_name} in {out} (dry run: nothing was run)\n" + "\n".join(stages.plan))
         return None
     shutil.copyfile(model, final)
-    stages.run("val", ["val", f"model={final}", f"data={heldout / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
-                       f"device={device}", f"project={runs}", f"name={val_name}", "exist_ok=True"],
-               runs / val_name / "summary.json")
+    stages.run("val", val_cmd, runs / val_name / "summary.json")
 
     summary = json.loads((runs / val_name / "summary.json").read_text())
     routes = {f"{r}_map50_95": round(summary[f"{r}_map"], 4) for r in ("edge", "adapted", "cloud")}

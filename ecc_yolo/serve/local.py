@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ecc_yolo.args import command_line
 from ecc_yolo.serve.protocol import HEALTH_PATH
 
 
@@ -55,8 +55,8 @@ class LocalServer:
         """
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.argv = [sys.executable, "-m", "ecc_yolo", "serve", f"model={checkpoint}", f"port={self.port}",
-                     f"imgsz={imgsz}", "verbose=False", *[f"{k}={v}" for k, v in serve_args.items()]]
+        self.argv = command_line("serve", f"model={checkpoint}", f"port={self.port}", f"imgsz={imgsz}", "verbose=False",
+                                 *[f"{k}={v}" for k, v in serve_args.items()])
         self.log = Path(log)
         self.proc: subprocess.Popen | None = None
 
