@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -50,10 +51,13 @@ PRESETS = {
         "heldout": 500,
         "imgsz": 160,
         "batch": 32,
-        "epochs": {"cloud": 40, "edge": 40, "adapt": 20, "extension": 8, "gate": 8},
+        "epochs": {"cloud": 40, "edge": 40, "adapt": 40, "extension": 24, "gate": 8},
         "device": "cpu",
         "mix": None,  # the generator's default easy/hard/complex mix, 50/30/20
         "hyp": [],  # Ultralytics' default hyper-parameters (optimizer=auto picks AdamW for runs this short)
+        # optimizer=auto gives AdamW at lr0 0.00083 for 8 classes; 0.002 raised the adapted route's held-out mAP50-95
+        # from 0.298 to 0.320 in 20 epochs (docs/BENCHMARKS.md 5b), still rising at the end: hence 40 epochs
+        "stage_hyp": {"adapt": ["optimizer=AdamW", "lr0=0.002"], "extension": ["optimizer=AdamW", "lr0=0.002"]},
     },
     # The GPU zoo (one H100: ~30 min), selected explicitly with `--preset gpu`.
     "gpu": {
@@ -87,7 +91,19 @@ PRESETS = {
     },
 }
 STAGE_ORDER = ("cloud", "edge", "adapt", "extension", "gate")
-STAGE_ARGS = {"edge": ["distill=True"], "gate": ["rrb=2.0"]}  # adapt: the defaults (feat=4, det=0.25, kd=1)
+# The method's settings per stage, every preset (the loss weights not named are the defaults: feat=4, kd=1, rate=0)
+STAGE_ARGS = {"edge": ["distill=True"], "adapt": ["det=1.0"], "gate": ["rrb=2.0"]}
+
+
+def stage_args(preset: dict, stage: str, no_distill: bool = False) -> list[str]:
+    """The `ecc-yolo train` arguments a stage adds to model/data/epochs: the preset's hyper-parameters, the method's
+    STAGE_ARGS, then the preset's per-stage hyper-parameters; a later `key=value` replaces an earlier one."""
+    merged: dict[str, str] = {}
+    for arg in (*preset["hyp"], *STAGE_ARGS.get(stage, []), *preset.get("stage_hyp", {}).get(stage, [])):
+        merged[arg.split("=", 1)[0]] = arg
+    if no_distill:
+        merged.pop("distill", None)
+    return list(merged.values())
 
 def _ecc_yolo(cmd: list[str]) -> None:
     """Run one `ecc-yolo` command through this interpreter, failing loudly."""
@@ -132,27 +148,43 @@ class Stages:
     """Runs the pipeline's steps so that re-running the same command continues where it stopped.
 
     Each finished step leaves a record (`records/<step>.json`: command, wall seconds, what it reached). A step with a
-    record and its output is skipped; a training stage that was interrupted resumes from its last.pt (Ultralytics'
-    resume=, exact with ecc-yolo's trainer). Wall time of an interrupted attempt counts up to its last saved epoch
-    (`records/<step>.attempt.json` holds the attempts' start times).
+    record of the same command and its output is skipped; a training stage that was interrupted resumes from its
+    last.pt (Ultralytics' resume=, exact with ecc-yolo's trainer). Wall time of an interrupted attempt counts up to
+    its last saved epoch (`records/<step>.attempt.json` holds the attempts' start times).
+    A step whose command changed (new defaults, other epochs) runs again from scratch, its old run folder removed.
+    With `chain=True` (the zoo pipeline: each step consumes the previous one's output) every step after one that
+    ran runs again too; with `chain=False` (a sweep's independent variants) only the steps named in `needs=`.
     """
 
-    def __init__(self, out: Path, dry_run: bool = False):
+    def __init__(self, out: Path, dry_run: bool = False, chain: bool = True):
         self.records = out / "records"
         self.dry_run = dry_run  # only say what each step would do (plan), run nothing
+        self.chain = chain
+        self.ran: list[str] = []  # steps that ran (or, in a dry run, would run) in this session
         self.plan: list[str] = []
         if not dry_run:
             self.records.mkdir(parents=True, exist_ok=True)
         self.log: list[dict] = []
 
-    def _done(self, step: str, output: Path) -> bool:
-        """Whether `step` finished before: its record and its output exist."""
-        return self._record(step).is_file() and output.exists()
+    def _done(self, step: str, cmd: list[str], output: Path, needs: tuple[str, ...]) -> bool:
+        """Whether `step` finished before with this command and nothing it depends on ran since: its record of the
+        same command and its output exist."""
+        record = self._record(step)
+        upstream_ran = bool(self.ran) if self.chain else any(n in self.ran for n in needs)
+        if upstream_ran or not (record.is_file() and output.exists()):
+            return False
+        return same_command(json.loads(record.read_text())["command"], "ecc-yolo " + " ".join(cmd))
 
-    def _status(self, step: str, output: Path, last: Path | None) -> str:
+    def _stale(self, step: str) -> bool:
+        """A record exists but no longer stands (its command changed, or a step before it ran again)."""
+        return self._record(step).is_file()
+
+    def _status(self, step: str, cmd: list[str], output: Path, last: Path | None, needs: tuple[str, ...]) -> str:
         """What running `step` now would do: skip it, resume it, or run it."""
-        if self._done(step, output):
+        if self._done(step, cmd, output, needs):
             return "done, skipped"
+        if self._stale(step):
+            return "changed, runs again"
         if last is not None and last.is_file():
             epoch = checkpoint_epoch(last)
             if epoch is not None and epoch >= 0:
@@ -162,20 +194,31 @@ class Stages:
     def _record(self, step: str) -> Path:
         return self.records / f"{step}.json"
 
-    def run(self, step: str, cmd: list[str], output: Path, run_dir: Path | None = None) -> dict:
-        """Run `ecc-yolo <cmd>` unless its record and `output` exist; `run_dir` (training stages) enables resume and
-        the per-stage metrics. Returns the step's record."""
+    def run(self, step: str, cmd: list[str], output: Path, run_dir: Path | None = None, needs: tuple[str, ...] = ()
+            ) -> dict:
+        """Run `ecc-yolo <cmd>` unless it finished before (see the class docstring); `run_dir` (training stages)
+        enables resume and the per-stage metrics; `needs` (chain=False) the steps whose output it reads. Returns the
+        step's record."""
         record = self._record(step)
         if self.dry_run:
-            status = self._status(step, output, run_dir / "weights" / "last.pt" if run_dir else None)
+            status = self._status(step, cmd, output, run_dir / "weights" / "last.pt" if run_dir else None, needs)
+            if status != "done, skipped":
+                self.ran.append(step)
             self.plan.append(f"{step:<10} {status:<24} ecc-yolo {' '.join(cmd)}")
             return {"stage": step, "command": "ecc-yolo " + " ".join(cmd), "seconds": 0.0, "metrics": {}}
-        if self._done(step, output):
+        if self._done(step, cmd, output, needs):
             entry = json.loads(record.read_text())
             LOGGER.info(f"[zoo] {step}: done before ({entry['seconds']:.0f} s), skipped; {record}")
             self.log.append(entry)
             return entry
+        self.ran.append(step)
         attempts_file = self.records / f"{step}.attempt.json"
+        if self._stale(step):  # a finished run of another command: neither skip it nor resume it
+            LOGGER.warning(f"[zoo] {step}: its command or an earlier step changed since {record}; running it again")
+            record.unlink()
+            attempts_file.unlink(missing_ok=True)
+            if run_dir is not None and run_dir.is_dir():
+                shutil.rmtree(run_dir)
         attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else {"seconds_before": 0.0}
         last = run_dir / "weights" / "last.pt" if run_dir else None
         actual, finished = cmd, False
@@ -196,7 +239,8 @@ class Stages:
         if not finished:
             _ecc_yolo(actual)
         seconds = attempts["seconds_before"] + time.time() - t0
-        entry = {"stage": step, "command": "ecc-yolo " + " ".join(cmd), "seconds": round(seconds, 1)}
+        entry = {"stage": step, "command": "ecc-yolo " + " ".join(cmd), "seconds": round(seconds, 1),
+                 "code": code_version()}  # per step: a resumed pipeline may have continued at another commit
         if actual is not cmd:
             entry["resumed_with"] = "ecc-yolo " + " ".join(actual)
         if run_dir is not None:
@@ -205,6 +249,15 @@ class Stages:
         attempts_file.unlink(missing_ok=True)
         self.log.append(entry)
         return entry
+
+
+def same_command(recorded: str, planned: str) -> bool:
+    """Whether two recorded commands are the same step; the packaged cfg may sit in another checkout (a worktree,
+    site-packages), so a path into ecc_yolo/cfg/ compares by file name."""
+    def norm(cmd: str) -> str:
+        return re.sub(r"\S*/ecc_yolo/cfg/", "", cmd)
+
+    return norm(recorded) == norm(planned)
 
 
 def hardware(device: str) -> dict:
@@ -278,10 +331,10 @@ def train_zoo(preset: str = DEFAULT_PRESET, out: str | Path | None = None, devic
 
     model = str(CFG_DIR / preset["cfg"])
     common = [f"data={data / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}", f"device={device}",
-              f"project={runs}", "exist_ok=True", "plots=False", f"seed={TRAIN_SEED}", *preset["hyp"]]
+              f"project={runs}", "exist_ok=True", "plots=False", f"seed={TRAIN_SEED}"]
     for stage in STAGE_ORDER:
         epochs = max(1, round(preset["epochs"][stage] * epochs_scale))
-        extra = [a for a in STAGE_ARGS.get(stage, []) if not (no_distill and a.startswith("distill"))]
+        extra = stage_args(preset, stage, no_distill)
         best = runs / stage / "weights" / "best.pt"
         stages.run(stage, ["train", f"model={model}", f"stage={stage}", f"epochs={epochs}", f"name={stage}", *common,
                            *extra], best, run_dir=runs / stage)

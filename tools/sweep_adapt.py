@@ -29,7 +29,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> Path:
     """Run the sweep; returns the path of sweep.json."""
-    from ecc_yolo.zoo_pipeline import PRESETS, STAGE_ARGS, TRAIN_SEED, Stages
+    from ecc_yolo.zoo_pipeline import PRESETS, TRAIN_SEED, Stages, stage_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--zoo", required=True, help="output folder of a tools/train_zoo.py run (its edge stage is used)")
@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> Path:
     zoo, out = Path(opt.zoo).resolve(), Path(opt.out).resolve()
     edge = zoo / "runs" / "edge" / "weights" / "best.pt"
     imgsz, batch = preset["imgsz"], preset["batch"]
-    stages = Stages(out)
+    stages = Stages(out, chain=False)  # variants are independent; each val follows its train
     rows = []
     for name, overrides in opt.variant:
         keys = {kv.split("=", 1)[0] for kv in overrides}
-        base = [f"epochs={preset['epochs']['adapt']}", *STAGE_ARGS.get("adapt", []), *preset["hyp"]]
+        base = [f"epochs={preset['epochs']['adapt']}", *stage_args(preset, "adapt")]
         args = [a for a in base if a.split("=", 1)[0] not in keys] + overrides
         run_dir = out / "runs" / name
         train = stages.run(name, ["train", f"model={edge}", "stage=adapt", f"name={name}",
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> Path:
         stages.run(f"{name}-val", ["val", f"model={run_dir / 'weights' / 'best.pt'}",
                                    f"data={zoo / 'heldout' / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
                                    "device=cpu", f"project={out / 'val'}", f"name={name}", "exist_ok=True"],
-                   val_dir / "summary.json")
+                   val_dir / "summary.json", needs=(name,))
         summary = json.loads((val_dir / "summary.json").read_text())
         rows.append({"variant": name, "overrides": overrides or ["(pipeline defaults)"],
                      **{f"{r}_map50_95": round(summary[f"{r}_map"], 4) for r in ("edge", "adapted", "cloud")},
