@@ -34,6 +34,7 @@ ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
     "det": ("float>=", 0.0),
     "kd": ("float>=", 0.0),
     "rate": ("float>=", 0.0),
+    "label_free": ("bool", None),
     "calib": ("int>=", 1),
     "pareto": ("bool", None),
     "prefs": ("prefs", None),

@@ -190,12 +190,13 @@ def run_synth(args: dict[str, Any]) -> None:
     """`ecc-yolo synth`: write the synthetic dataset (and, with video=N, an N-frame video)."""
     from ecc_yolo.data.synthetic import generate_dataset, generate_video
 
-    allowed = {"out", "train", "val", "imgsz", "seed", "mix", "video", "empty_fraction", "overwrite"}
+    allowed = {"out", "train", "val", "imgsz", "seed", "mix", "video", "empty_fraction", "overwrite", "domain"}
     unknown = set(args) - allowed
     if unknown:
         raise UsageError(f"synth does not take {sorted(unknown)}; it takes {sorted(allowed)}")
     out = args.get("out", "datasets/synth")
-    kwargs = {k: args[k] for k in ("train", "val", "imgsz", "seed", "empty_fraction", "overwrite") if k in args}
+    kwargs = {k: args[k] for k in ("train", "val", "imgsz", "seed", "empty_fraction", "overwrite", "domain")
+              if k in args}
     if "mix" in args:
         kwargs["mix"] = tuple(args["mix"])
     data = generate_dataset(out, **kwargs)

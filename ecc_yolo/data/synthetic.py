@@ -33,6 +33,7 @@ GENERATOR_VERSION: str = "1.0"
 CLASS_NAMES: tuple[str, ...] = ("circle", "ring", "triangle", "square", "star", "cross", "crescent", "arrow")
 DIFFICULTIES: tuple[str, ...] = ("easy", "hard", "complex")
 DEFAULT_MIX: tuple[float, float, float] = (0.5, 0.3, 0.2)
+DOMAINS: tuple[str, ...] = ("source", "dusk")  # "source": what the zoo trains on; others: shifted target domains
 
 _MIN_IMGSZ = 64  # pixels; below this the smallest complex objects cannot keep 4 px boxes
 _MIN_SIDE = 10.0  # pixels, floor on an object's longer side so its shorter side stays >= 4 px
@@ -349,6 +350,36 @@ def _compose(rng: np.random.Generator, difficulty: str, bg: np.ndarray, objs: li
     return Frame(img, boxes, np.array([o.cls for o in objs], np.int64), difficulty)
 
 
+@dataclass(frozen=True)
+class _Domain:
+    """A photometric shift applied to a finished frame (labels unchanged): a camera at another time of day."""
+
+    gain: tuple[float, float, float]  # mean BGR channel gains (colour cast)
+    gain_jitter: float  # per-frame relative spread of each gain
+    gamma: tuple[float, float]  # output = 255 * (input / 255) ** gamma, drawn per frame (> 1 darkens)
+    noise: float  # extra Gaussian sensor noise sigma, 0-255 scale (low light is noisy)
+
+
+_DOMAINS = {"dusk": _Domain((1.15, 0.85, 0.6), 0.08, (1.5, 2.2), 6.0)}
+
+
+def _apply_domain(rng: np.random.Generator, img: np.ndarray, domain: str) -> np.ndarray:
+    """`img` as the target domain's camera would see it (a new uint8 array); "source" returns it unchanged."""
+    if domain == "source":
+        return img
+    dm = _DOMAINS[domain]
+    gain = np.asarray(dm.gain, np.float32) * rng.uniform(1 - dm.gain_jitter, 1 + dm.gain_jitter, 3).astype(np.float32)
+    x = np.power(img.astype(np.float32) / 255, rng.uniform(*dm.gamma)) * (255 * gain)
+    x += rng.standard_normal(img.shape, dtype=np.float32) * dm.noise + 0.5
+    return np.clip(x, 0, 255, out=x).astype(np.uint8)
+
+
+def _check_domain(domain: str) -> int:
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}, expected one of {DOMAINS}")
+    return DOMAINS.index(domain)
+
+
 def _check_difficulty(difficulty: str) -> int:
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"unknown difficulty {difficulty!r}, expected one of {DIFFICULTIES}")
@@ -361,12 +392,14 @@ def _check_imgsz(imgsz: int) -> int:
     return int(imgsz)
 
 
-def render_frame(seed: int, index: int, difficulty: str, imgsz: int = 256, *, empty: bool = False) -> Frame:
-    """Render one square `imgsz`-pixel frame, a pure function of (seed, index, difficulty, imgsz, empty).
+def render_frame(seed: int, index: int, difficulty: str, imgsz: int = 256, *, empty: bool = False,
+                 domain: str = "source") -> Frame:
+    """Render one square `imgsz`-pixel frame, a pure function of (seed, index, difficulty, imgsz, empty, domain).
 
-    `empty=True` draws the same kind of background and clutter but no labelled object.
+    `empty=True` draws the same kind of background and clutter but no labelled object. A `domain` other than
+    "source" shifts the finished frame's colours, brightness and noise (same scene, same labels).
     """
-    s, d = _check_imgsz(imgsz), _check_difficulty(difficulty)
+    s, d, dom = _check_imgsz(imgsz), _check_difficulty(difficulty), _check_domain(domain)
     rng = np.random.default_rng([seed, index, d, s])
     lv = _LEVELS[difficulty]
     bg = _background(rng, difficulty, s)
@@ -374,7 +407,11 @@ def render_frame(seed: int, index: int, difficulty: str, imgsz: int = 256, *, em
     n = 0 if empty else int(rng.integers(lv.count[0], lv.count[1] + 1))
     objs = _place_objects(rng, lv, s, n, _overlay_mask(overlay, s))
     _pick_colours(rng, lv, bg, objs)
-    return _compose(rng, difficulty, bg, objs, overlay)
+    frame = _compose(rng, difficulty, bg, objs, overlay)
+    if dom == 0:
+        return frame
+    shifted = _apply_domain(np.random.default_rng([seed, index, d, s, dom]), frame.image, domain)
+    return Frame(shifted, frame.boxes, frame.classes, difficulty)
 
 
 # ---------------------------------------------------------------------------------------------------------- dataset
@@ -423,12 +460,14 @@ def _progress(iterable, total: int, desc: str, progress: bool):
 
 
 def generate_split(out_dir: str | Path, split: str, n: int, imgsz: int = 256, mix: Sequence[float] = DEFAULT_MIX,
-                   seed: int = 0, empty_fraction: float = 0.02, progress: bool = True) -> Path:
+                   seed: int = 0, empty_fraction: float = 0.02, progress: bool = True, domain: str = "source") -> Path:
     """Write `n` images, YOLO labels and a COCO json for one split; returns the json path.
 
-    Image i depends only on (seed, split, i, imgsz, its difficulty), so a shorter split is a prefix of a longer one.
+    Image i depends only on (seed, split, i, imgsz, its difficulty, domain), so a shorter split is a prefix of a
+    longer one, and the same seed in another domain gives the same scenes seen by another camera.
     """
     out, s = Path(out_dir), _check_imgsz(imgsz)
+    _check_domain(domain)
     sseed = _split_seed(seed, split)
     diffs = sample_difficulties(n, mix, sseed)
     empties = _empty_flags(n, empty_fraction, sseed)
@@ -440,7 +479,7 @@ def generate_split(out_dir: str | Path, split: str, n: int, imgsz: int = 256, mi
         d.mkdir(parents=True, exist_ok=True)
 
     def write(i: int) -> tuple[list, list, str]:
-        fr = render_frame(sseed, i, diffs[i], s, empty=empties[i])
+        fr = render_frame(sseed, i, diffs[i], s, empty=empties[i], domain=domain)
         name = f"{i + 1:06d}"
         if not cv2.imwrite(str(img_dir / f"{name}.jpg"), fr.image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
             raise OSError(f"could not write {img_dir / name}.jpg")
@@ -463,7 +502,7 @@ def generate_split(out_dir: str | Path, split: str, n: int, imgsz: int = 256, mi
     coco = {
         "info": {"description": "ecc-yolo synthetic shapes on clutter", "generator_version": GENERATOR_VERSION,
                  "seed": seed, "split": split, "mix": [float(x) for x in mix], "imgsz": s,
-                 "empty_fraction": empty_fraction},
+                 "empty_fraction": empty_fraction, "domain": domain},
         "images": images,
         "annotations": anns,
         "categories": [{"id": i + 1, "name": nm, "supercategory": "shape"} for i, nm in enumerate(CLASS_NAMES)],
@@ -488,18 +527,22 @@ def _remove_outputs(out: Path) -> None:
 
 def generate_dataset(out_dir: str | Path, train: int = 3000, val: int = 600, imgsz: int = 256,
                      mix: Sequence[float] = DEFAULT_MIX, seed: int = 0, empty_fraction: float = 0.02,
-                     overwrite: bool = False, progress: bool = True) -> Path:
+                     overwrite: bool = False, progress: bool = True, domain: str = "source") -> Path:
     """Generate train/val splits under `out_dir` and return the path of its Ultralytics data.yaml.
 
     An existing dataset with identical settings is reused unless `overwrite`; otherwise it is deleted and rebuilt.
+    `domain` (one of DOMAINS) renders the frames as a shifted target domain would (see `render_frame`).
     """
     from ultralytics.utils import LOGGER, YAML
 
     out = Path(out_dir).resolve()
     s = _check_imgsz(imgsz)
     _normalise_mix(mix)
+    _check_domain(domain)
     settings = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "imgsz": s, "mix": [float(x) for x in mix],
                 "counts": {"train": int(train), "val": int(val)}, "empty_fraction": float(empty_fraction)}
+    if domain != "source":  # source datasets written before domains existed keep matching (and being reused)
+        settings["domain"] = domain
     yaml_path = out / "data.yaml"
     if yaml_path.is_file() and not overwrite:
         old = YAML.load(yaml_path) or {}
@@ -511,13 +554,13 @@ def generate_dataset(out_dir: str | Path, train: int = 3000, val: int = 600, img
         _remove_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("val", val)):
-        generate_split(out, split, n, s, mix, seed, empty_fraction, progress)
+        generate_split(out, split, n, s, mix, seed, empty_fraction, progress, domain)
     data = {"path": str(out), "train": "images/train", "val": "images/val", "nc": len(CLASS_NAMES),
             "names": dict(enumerate(CLASS_NAMES)), "synthetic": settings}
     tmp = out / "data.yaml.tmp"  # written last and atomically: a half-built dataset never looks reusable
     YAML.save(tmp, data)
     tmp.replace(yaml_path)
-    LOGGER.info(f"synthetic dataset written to {out} ({train} train, {val} val images, {s} px)")
+    LOGGER.info(f"synthetic dataset written to {out} ({train} train, {val} val images, {s} px, {domain} domain)")
     return yaml_path
 
 

@@ -10,7 +10,10 @@ What a stage changes:
     - stage=edge with distill=True: Ultralytics' DistillationModel, with the ECC's own cloud as the teacher
       (written to weights/teacher.pt so that resume can rebuild it, as Ultralytics expects);
     - stage=adapt: the adapters' whitening statistics are calibrated on `calib` training batches first (images
-      only), unless the model already has them.
+      only), unless the model already has them;
+    - stage=adapt label_free=True: the training split is read as images only (`ImageOnlyDataset`: no label file is
+      opened), the detection term is off, and best.pt is the last epoch (without target labels there is nothing to
+      select an epoch by; the val split, if labelled, is still reported).
 Checkpoints (weights/last.pt, best.pt) hold the whole ECCModel; resume=True continues exactly (see save_model).
 """
 
@@ -29,6 +32,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ecc_yolo.args import all_defaults, check_ecc_values, check_keys, default_project
+from ecc_yolo.data.unlabeled import build_image_only_dataset
 from ecc_yolo.engine.validator import ECCValidator
 from ecc_yolo.losses import STAGE_TRAINABLE, ECCLoss
 from ecc_yolo.nn.ecc_model import PARTS, ECCModel, find_ecc
@@ -61,6 +65,13 @@ class ECCTrainer(DetectionTrainer):
             self.args.distill_model = str(self.wdir / "teacher.pt")  # written once the model exists
         elif self.args.distill and self.stage != "edge":
             LOGGER.warning(f"distill=True applies to stage=edge only; ignored for stage={self.stage}")
+        if self.args.label_free:
+            if self.stage != "adapt":
+                raise ValueError(f"label_free=True is a stage=adapt option (feature matching and distillation from "
+                                 f"the cloud need no labels), not stage={self.stage}")
+            if self.args.det:
+                LOGGER.info(f"label_free=True: the detection term needs labels, det={self.args.det} set to 0")
+            self.args.det = 0.0
 
     # -- model ---------------------------------------------------------------------------------------------------
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> ECCModel:
@@ -96,6 +107,26 @@ class ECCTrainer(DetectionTrainer):
         for part in (ecc.edge, ecc.cloud):
             part.nc, part.names, part.args = ecc.nc, ecc.names, self.args
         ecc.criterion = ECCLoss(ecc)
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        """Ultralytics' dataset; with label_free=True the training split (for training and for calibration) is
+        read as images only."""
+        if not (self.args.label_free and img_path == self.data["train"]):
+            return super().build_dataset(img_path, mode, batch)
+        stride = max(int(unwrap_model(self.model).stride.max()), 32)
+        return build_image_only_dataset(self.args, img_path, batch, self.data, stride, augment=mode == "train")
+
+    def plot_training_labels(self):
+        """Ultralytics' label plots; a label-free run has no labels to plot."""
+        if not self.args.label_free:
+            super().plot_training_labels()
+
+    def validate(self):
+        """Ultralytics' validation; label-free, the fitness is the epoch, so best.pt is the last epoch."""
+        metrics, fitness = super().validate()
+        if self.args.label_free and metrics is not None:
+            self.best_fitness = fitness = float(self.epoch + 1)
+        return metrics, fitness
 
     def _build_train_pipeline(self):
         """Dataloaders, then (stage=adapt) whitening calibration before the EMA copies the model."""

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Label-free adaptation to a new domain, measured: a zoo model's adapters re-trained on unlabeled target images.
+
+    python tools/adapt_label_free.py --model ecc-synth-q-n-160 --out runs/label-free      # the shipped zoo
+    python tools/adapt_label_free.py --model runs/zoo/ecc-synth-tiny/ecc-synth-tiny.pt --preset tiny --out runs/lf
+
+Steps (each an `ecc-yolo` command, resumable like the zoo pipeline):
+    1. target training images: `ecc-yolo synth domain=dusk` at a seed the zoo never used; their label files are then
+       deleted, so nothing but images exists for training;
+    2. target held-out split (domain=dusk, the zoo's held-out seed), labelled, for measuring only;
+    3. the source validation split (the zoo's own, labelled): the training run's per-epoch report;
+    4. `ecc-yolo val` of the model as shipped on the target held-out split (source-trained adapters);
+    5. `ecc-yolo train stage=adapt label_free=True`: feature matching and cloud-output distillation only;
+    6. `ecc-yolo val` of the adapted model on the target held-out split, and on the source held-out split.
+Writes <out>/label_free.json and <out>/label_free.md: every route's held-out mAP50-95 before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the experiment; returns the path of label_free.json."""
+    from ultralytics.utils import YAML
+
+    from ecc_yolo import zoo
+    from ecc_yolo.zoo_pipeline import HELDOUT_SEED, PRESETS, TRAIN_SEED, Stages
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a zoo name or an ECC checkpoint trained on the source domain")
+    p.add_argument("--out", required=True, help="experiment folder (re-running it continues)")
+    p.add_argument("--preset", default="cpu", help="the zoo preset the model was trained with (sizes, batch)")
+    p.add_argument("--domain", default="dusk", help="target domain of the synthetic generator")
+    p.add_argument("--train", type=int, default=None, help="unlabeled target images (default: the preset's train)")
+    p.add_argument("--epochs", type=int, default=10, help="label-free adapt epochs")
+    p.add_argument("--hyp", nargs="*", default=["optimizer=AdamW", "lr0=0.002"], help="extra train key=value")
+    opt = p.parse_args(argv)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    preset = PRESETS[opt.preset]
+    model = zoo.resolve(opt.model) if zoo.is_zoo_name(opt.model) else Path(opt.model).resolve()
+    out = Path(opt.out).resolve()
+    imgsz, batch, n_train = preset["imgsz"], preset["batch"], opt.train or preset["train"]
+    target_seed = TRAIN_SEED + 1  # scenes the source model never saw, in another camera's colours
+    stages = Stages(out)
+    common = [f"imgsz={imgsz}", f"batch={batch}", f"device={preset['device']}"]
+    mix = [f"mix={list(preset['mix'])}".replace(" ", "")] if preset["mix"] else []
+
+    target = out / "target"
+    stages.run("target", ["synth", f"out={target}", f"train={n_train}", "val=0", f"imgsz={imgsz}",
+                          f"seed={target_seed}", f"domain={opt.domain}", *mix], target / "data.yaml")
+    for unlabeled in (target / "labels", target / "annotations"):  # images only: the labels never existed
+        shutil.rmtree(unlabeled, ignore_errors=True)
+    heldout, source = out / "target-heldout", out / "source"
+    stages.run("target-heldout", ["synth", f"out={heldout}", "train=0", f"val={preset['heldout']}", f"imgsz={imgsz}",
+                                  f"seed={HELDOUT_SEED}", f"domain={opt.domain}", *mix], heldout / "data.yaml")
+    stages.run("source", ["synth", f"out={source}", "train=0", f"val={preset['val']}", f"imgsz={imgsz}",
+                          f"seed={TRAIN_SEED}", *mix], source / "data.yaml")
+    source_heldout = out / "source-heldout"
+    stages.run("source-heldout", ["synth", f"out={source_heldout}", "train=0", f"val={preset['heldout']}",
+                                  f"imgsz={imgsz}", f"seed={HELDOUT_SEED}", *mix], source_heldout / "data.yaml")
+    data = out / "adapt.yaml"  # train: unlabeled target images; val: the labelled source split (a report only)
+    names = YAML.load(source / "data.yaml")["names"]
+    YAML.save(data, {"path": str(out), "train": str(target / "images" / "train"),
+                     "val": str(source / "images" / "val"), "nc": len(names), "names": names})
+
+    def val(step: str, ckpt: Path, split: Path) -> dict:
+        stages.run(step, ["val", f"model={ckpt}", f"data={split / 'data.yaml'}", *common,
+                          f"project={out / 'val'}", f"name={step}", "exist_ok=True"], out / "val" / step / "summary.json")
+        summary = json.loads((out / "val" / step / "summary.json").read_text())
+        return {r: round(summary[f"{r}_map"], 4) for r in ("edge", "adapted", "cloud")}
+
+    before = val("before-target", model, heldout)
+    run_dir = out / "runs" / "label-free"
+    stages.run("label-free", ["train", f"model={model}", "stage=adapt", "label_free=True", f"data={data}",
+                              f"epochs={opt.epochs}", *common, f"project={out / 'runs'}", "name=label-free",
+                              "exist_ok=True", "plots=False", f"seed={TRAIN_SEED}", *opt.hyp],
+               run_dir / "weights" / "best.pt", run_dir=run_dir)
+    adapted = run_dir / "weights" / "best.pt"  # = the last epoch: label-free training has nothing to select by
+    after = val("after-target", adapted, heldout)
+    source_before = val("before-source", model, source_heldout)
+    source_after = val("after-source", adapted, source_heldout)
+    result = {"model": str(model), "domain": opt.domain, "unlabeled_target_images": n_train, "epochs": opt.epochs,
+              "target_heldout": {"before": before, "after": after},
+              "source_heldout": {"before": source_before, "after": source_after},
+              "commands": stages.log}
+    path = out / "label_free.json"
+    path.write_text(json.dumps(result, indent=2))
+    lines = ["| held-out split | adapters | edge | adapted | cloud | adapted / cloud |", "|---|---|---|---|---|---|"]
+    for split, rows in (("target (" + opt.domain + ")", (before, after)), ("source", (source_before, source_after))):
+        for label, r in zip(("source-trained", "label-free adapted"), rows):
+            lines.append(f"| {split} | {label} | {r['edge']:.3f} | {r['adapted']:.3f} | {r['cloud']:.3f} | "
+                         f"{r['adapted'] / max(r['cloud'], 1e-9):.3f} |")
+    (out / "label_free.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return path
+
+
+if __name__ == "__main__":
+    main()
