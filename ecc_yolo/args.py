@@ -35,6 +35,7 @@ ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
     "kd": ("float>=", 0.0),
     "rate": ("float>=", 0.0),
     "label_free": ("bool", None),
+    "router_balance": ("bool", None),
     "calib": ("int>=", 1),
     "pareto": ("bool", None),
     "prefs": ("prefs", None),

@@ -19,8 +19,8 @@ Stages:
              rate: bits per transmitted value, a differentiable proxy: mean log2(1 + |z - mean_c(z)| / step), the
                    size of a latent's deviation in quantisation steps.
     gate   recall-rate boosting of the offload decision (see `gate_loss`); with a multi-exit edge also MEANet's
-           router, a three-way classification of frames as easy / hard / complex (see `exit_labels`), with the
-           complex class weighted by `rrb` in the cross-entropy.
+           router, a three-way classification of frames as easy / hard / complex (see `exit_labels`), classes
+           balanced per batch (`router_balance`) and the complex class weighted by `rrb` in the cross-entropy.
     extension  MEANet's extension block, everything else frozen: the detection loss on every frame, plus the same
            loss again on the frames the main exit handles poorly (the cloud's gain over it exceeds POOR_FRAME_GAIN),
            plus distillation of the cloud's head outputs.
@@ -98,6 +98,19 @@ def exit_labels(extension_gain: np.ndarray, cloud_gain: np.ndarray, threshold: f
     labels[extension_gain >= cloud_gain - threshold] = 1
     labels[cloud_gain <= threshold] = 0
     return labels
+
+
+def router_class_weights(labels: np.ndarray, rrb: float, balance: bool = True) -> torch.Tensor:
+    """Cross-entropy weights of the exit router's three classes (easy, hard, complex) for one batch.
+
+    balance: each class weighted by the inverse of its share of the batch (add-one smoothed), so that a rare exit
+    (often "hard": frames the extension rescues) is not drowned by the majority, which a plain cross-entropy
+    collapses to; `rrb` then weights the complex class (a missed offload) on top, as in the gate loss.
+    """
+    counts = np.bincount(labels, minlength=3).astype(np.float64)
+    weight = (counts.sum() + 3) / (3 * (counts + 1)) if balance else np.ones(3)
+    weight[2] *= rrb
+    return torch.from_numpy(weight).float()
 
 
 def select_images(output: Any, mask: torch.Tensor) -> dict:
@@ -270,9 +283,9 @@ class ECCLoss:
         loss = gate_loss(predicted.float(), target, self.hyp.rrb)
         router = torch.zeros((), device=img.device)
         if router_used:
-            weight = torch.tensor([1.0, 1.0, self.hyp.rrb], device=img.device)
+            weight = router_class_weights(labels, self.hyp.rrb, balance=getattr(self.hyp, "router_balance", True))
             router = F.cross_entropy(m.exit_logits(feats, edge_out).float(),
-                                     torch.from_numpy(labels).to(img.device), weight=weight)
+                                     torch.from_numpy(labels).to(img.device), weight=weight.to(img.device))
         return loss, target, router
 
     def extension_objective(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

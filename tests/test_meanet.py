@@ -158,3 +158,21 @@ def test_stream_client_stops_frames_at_the_exit_the_router_picks(synth_video, tm
     assert summary["frames"] == 30 and summary["routes"]["extension"] == 30 and summary["bytes_sent"] == 0
     records = [json.loads(line) for line in (tmp_path / "d" / "detections.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in records] == list(range(30)) and {r["route"] for r in records} == {"extension"}
+
+
+def test_router_class_weights_lift_the_rare_exits():
+    from ecc_yolo.losses import router_class_weights
+
+    labels = np.array([0] * 30 + [1] * 2 + [2])  # mostly easy frames, as on the zoo
+    w = router_class_weights(labels, rrb=2.0).numpy()
+    assert w[1] > 5 * w[0] and w[2] > w[1]  # rarer classes weigh more, complex also by rrb
+    assert np.isclose(w[2] / 2.0, (33 + 3) / (3 * 2))
+    # a balanced batch: equal weights but for rrb; balance=False: the plain rrb weighting
+    assert np.allclose(router_class_weights(np.array([0, 1, 2] * 5), rrb=1.0).numpy(), 1.0)
+    assert np.allclose(router_class_weights(labels, rrb=2.0, balance=False).numpy(), [1, 1, 2])
+    # the weighted loss of always answering "easy" is now higher than of spreading over the classes seen
+    logits = torch.tensor([[5.0, 0.0, 0.0]]).repeat(len(labels), 1)
+    target = torch.from_numpy(labels)
+    plain = torch.nn.functional.cross_entropy(logits, target)
+    weighted = torch.nn.functional.cross_entropy(logits, target, weight=torch.from_numpy(w).float())
+    assert weighted > 3 * plain

@@ -152,3 +152,52 @@ def test_a_dry_run_plans_every_step_and_writes_nothing(tmp_path, capsys):
     plan = capsys.readouterr().out.splitlines()[1:]
     assert [line.split()[0] for line in plan] == ["data", "heldout", *STAGE_ORDER, "val"]
     assert all(line.split()[1] == "runs" for line in plan) and not (tmp_path / "zoo").exists()
+
+
+def test_a_step_whose_command_changed_runs_again_and_so_does_every_later_step(tmp_path):
+    out = tmp_path / "zoo"
+
+    def pipeline(val: int) -> list[dict]:
+        stages = Stages(out)
+        first = stages.run("first", ["synth", f"out={out / 'a'}", "train=2", f"val={val}", "imgsz=64"],
+                           out / "a" / "data.yaml")
+        second = stages.run("second", ["synth", f"out={out / 'b'}", "train=2", "val=1", "imgsz=64"],
+                            out / "b" / "data.yaml")
+        return [first, second]
+
+    records = [out / "records" / f"{step}.json" for step in ("first", "second")]
+    runs = pipeline(1)
+    mtimes = [r.stat().st_mtime_ns for r in records]
+    assert pipeline(1) == runs  # same commands: both skipped
+    assert [r.stat().st_mtime_ns for r in records] == mtimes
+    plan = Stages(out, dry_run=True)
+    plan.run("first", ["synth", f"out={out / 'a'}", "train=2", "val=2", "imgsz=64"], out / "a" / "data.yaml")
+    plan.run("second", ["synth", f"out={out / 'b'}", "train=2", "val=1", "imgsz=64"], out / "b" / "data.yaml")
+    assert [line.split()[1:4] for line in plan.plan] == [["changed,", "runs", "again"], ["changed,", "runs", "again"]]
+    again = pipeline(2)  # the first command changed: it runs, and the second (same command) runs after it
+    assert "val=2" in again[0]["command"] and again[1]["command"] == runs[1]["command"]
+    assert all(r.stat().st_mtime_ns > m for r, m in zip(records, mtimes))  # both ran (and were recorded) again
+    assert all(entry["code"]["path"] for entry in again)  # each step records the code it ran
+
+
+def test_independent_steps_rerun_only_what_they_need(tmp_path):
+    out = tmp_path / "sweep"
+    steps = {"x": ["synth", f"out={out / 'x'}", "train=1", "val=1", "imgsz=64"],
+             "y": ["synth", f"out={out / 'y'}", "train=1", "val=1", "imgsz=64"]}
+    for name, cmd in steps.items():
+        Stages(out, chain=False).run(name, cmd, out / name / "data.yaml")
+    stages = Stages(out, chain=False)
+    stages.run("x", [*steps["x"][:-1], "imgsz=96"], out / "x" / "data.yaml")  # x changed and runs again
+    y = stages.run("y", steps["y"], out / "y" / "data.yaml")
+    z = stages.run("y-needs-x", steps["y"], out / "y" / "data.yaml", needs=("x",))
+    assert stages.ran == ["x", "y-needs-x"] and y["command"] == z["command"]
+
+
+def test_stage_args_merge_preset_method_and_per_stage_settings():
+    from ecc_yolo.zoo_pipeline import PRESETS, stage_args
+
+    cpu, tiny = PRESETS["cpu"], PRESETS["tiny"]
+    assert stage_args(cpu, "adapt") == ["det=1.0", "optimizer=AdamW", "lr0=0.002"]
+    assert stage_args(cpu, "edge") == ["distill=True"] and stage_args(cpu, "edge", no_distill=True) == []
+    tiny_adapt = stage_args(tiny, "adapt")  # the preset's lr0=0.003 stays: no per-stage setting overrides it
+    assert "lr0=0.003" in tiny_adapt and "det=1.0" in tiny_adapt and len(tiny_adapt) == len(set(tiny_adapt))

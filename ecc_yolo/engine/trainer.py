@@ -57,6 +57,10 @@ class ECCTrainer(DetectionTrainer):
         check_ecc_values(overrides)
         if cfg is DEFAULT_CFG:
             cfg = all_defaults()
+        stage = overrides.get("stage", all_defaults()["stage"])
+        if overrides.get("label_free") and stage != "adapt":
+            raise ValueError(f"label_free=True is a stage=adapt option (feature matching and distillation from the "
+                             f"cloud need no labels), not stage={stage}")
         overrides.setdefault("project", default_project())
         overrides.setdefault("name", overrides.get("stage", cfg.get("stage")))
         super().__init__(cfg, overrides, _callbacks)
@@ -66,9 +70,6 @@ class ECCTrainer(DetectionTrainer):
         elif self.args.distill and self.stage != "edge":
             LOGGER.warning(f"distill=True applies to stage=edge only; ignored for stage={self.stage}")
         if self.args.label_free:
-            if self.stage != "adapt":
-                raise ValueError(f"label_free=True is a stage=adapt option (feature matching and distillation from "
-                                 f"the cloud need no labels), not stage={self.stage}")
             if self.args.det:
                 LOGGER.info(f"label_free=True: the detection term needs labels, det={self.args.det} set to 0")
             self.args.det = 0.0
