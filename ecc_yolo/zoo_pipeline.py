@@ -92,7 +92,7 @@ PRESETS = {
 }
 STAGE_ORDER = ("cloud", "edge", "adapt", "extension", "gate")
 # The method's settings per stage, every preset (the loss weights not named are the defaults: feat=4, kd=1, rate=0)
-STAGE_ARGS = {"edge": ["distill=True"], "adapt": ["det=1.0"], "gate": ["rrb=2.0"]}
+STAGE_ARGS = {"edge": ["distill=True"], "adapt": ["det=1.0"], "gate": ["rrb=2.0", "router_balance=True"]}
 
 
 def stage_args(preset: dict, stage: str, no_distill: bool = False) -> list[str]:
