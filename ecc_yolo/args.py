@@ -21,46 +21,33 @@ STAGES = ("edge", "cloud", "adapt", "gate", "joint", "extension")
 JOINT_OBJECTIVES = ("edge", "adapted", "gate")
 SERVE_BACKENDS = ("fastapi", "ray")
 
-# key -> (kind, allowed): kind is "choice" (allowed: tuple), "bool", "float>=" (allowed: lower bound),
-# "float>" (exclusive lower bound), "int>=" (lower bound), "int in" ((low, high), inclusive), "fraction" (0 < x <= 1),
-# "model" (a .pt/.yaml path), "prefs", "text" (a non-empty string), "secret" (None or a non-empty string or number),
-# "url" (None or an http(s):// URL), "budget" (None, a ratio or a bit rate: ecc_yolo.policy.Budget.parse) or
-# "optional int>=" (None or an integer >= the bound) or "optional number" (None or a number)
-ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {
-    "stage": ("choice", STAGES),
-    "distill": ("bool", None),
-    "rrb": ("float>=", 1.0),
-    "feat": ("float>=", 0.0),
-    "det": ("float>=", 0.0),
-    "kd": ("float>=", 0.0),
-    "rate": ("float>=", 0.0),
-    "label_free": ("bool", None),
-    "router_balance": ("bool", None),
-    "calib": ("int>=", 1),
-    "pareto": ("bool", None),
-    "prefs": ("prefs", None),
-    "offload": ("fraction", None),
-    "route": ("choice", INFER_ROUTES),
-    "gate_threshold": ("optional number", None),
-    "edge_model": ("model", None),
-    "cloud_model": ("model", None),
-    "host": ("text", None),
-    "port": ("int in", (1, 65535)),
-    "token": ("secret", None),
-    "max_batch": ("int>=", 1),
-    "max_wait_ms": ("float>=", 0.0),
-    "max_queue": ("int>=", 1),
-    "max_body": ("int>=", 1024),
-    "max_concurrency": ("int>=", 1),
-    "max_pixels": ("int>=", 1),
-    "backend": ("choice", SERVE_BACKENDS),
-    "replicas": ("int>=", 1),
-    "cloud": ("url", None),
-    "budget": ("budget", None),
-    "max_inflight": ("int>=", 1),
-    "timeout": ("float>", 0.0),
-    "max_images": ("optional int>=", 1),
+# (kind, allowed) -> the keys of that kind. kind is "choice" (allowed: tuple), "bool", "float>=" (allowed: lower
+# bound), "float>" (exclusive lower bound), "int>=" (lower bound), "int in" ((low, high), inclusive), "fraction"
+# (0 < x <= 1), "model" (a .pt/.yaml path), "prefs", "text" (a non-empty string), "secret" (None or a non-empty string
+# or number), "url" (None or an http(s):// URL), "budget" (None, a ratio or a bit rate: ecc_yolo.policy.Budget.parse),
+# "optional int>=" (None or an integer >= the bound) or "optional number" (None or a number).
+_KEYS_BY_KIND: dict[tuple[str, Any], tuple[str, ...]] = {
+    ("choice", STAGES): ("stage",),
+    ("choice", INFER_ROUTES): ("route",),
+    ("choice", SERVE_BACKENDS): ("backend",),
+    ("bool", None): ("distill", "pareto", "label_free", "router_balance"),
+    ("float>=", 1.0): ("rrb",),
+    ("float>=", 0.0): ("feat", "det", "kd", "rate", "max_wait_ms"),
+    ("float>", 0.0): ("timeout",),
+    ("int>=", 1): ("calib", "max_batch", "max_queue", "max_concurrency", "max_pixels", "replicas", "max_inflight"),
+    ("int>=", 1024): ("max_body",),
+    ("optional int>=", 1): ("max_images",),
+    ("int in", (1, 65535)): ("port",),
+    ("fraction", None): ("offload",),
+    ("optional number", None): ("gate_threshold",),
+    ("model", None): ("edge_model", "cloud_model"),
+    ("prefs", None): ("prefs",),
+    ("text", None): ("host",),
+    ("secret", None): ("token",),
+    ("url", None): ("cloud",),
+    ("budget", None): ("budget",),
 }
+ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {key: kind for kind, keys in _KEYS_BY_KIND.items() for key in keys}
 
 
 def default_project() -> str:

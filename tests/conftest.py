@@ -184,6 +184,7 @@ def make_serving_checkpoint(path: Path, seed: int = 0, gate_threshold: float | N
     import torch
 
     from ecc_yolo.checkpoint import save_ecc
+    from ecc_yolo.nn.adapters import calibrate_whitening
     from ecc_yolo.nn.ecc_model import ECCModel
 
     with torch.random.fork_rng(devices=[]):  # initial weights from `seed`, whatever ran before; global RNG untouched
@@ -198,7 +199,7 @@ def make_serving_checkpoint(path: Path, seed: int = 0, gate_threshold: float | N
         model.train()
         model.run_routes(images)
         model.eval()
-        model.calibrate_adapters([images])  # adapted cut tensors on the cloud's own scale
+        calibrate_whitening(model.adapters, model.cloud_cuts, [images])  # adapted cut tensors on the cloud's scale
         for part in (model.edge, model.cloud):
             for branch in part.model[-1].cv3:
                 branch[-1].bias.fill_(-1.5)

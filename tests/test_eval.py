@@ -346,10 +346,10 @@ def test_the_headline_goals_are_judged_from_the_summary():
                "ecc_d_auc_vs_oracle": 0.95, "ecc_d_plus_auc_vs_oracle": 0.80, "ecc_i_auc_vs_oracle": 0.95,
                "ecc_d_gain_share_at_0.2": 0.5, "ecc_d_plus_gain_share_at_0.2": 0.9, "ecc_i_gain_share_at_0.2": 0.75,
                "ecc_d_bytes_ratio": 0.08,
-               "meanet": {"ratios_at_least_ecc_d": 0.85, "exit_shares": {"main": 0.5, "extension": 0.0, "cloud": 0.5}}}
+               "meanet": {"ratios_at_least_ecc_d": 0.85, "extension_share_in_sweep": 0.0}}
     met = list(goals(summary, 0.99).values())
     assert met == [True, True, True, True, False]  # 5: the extension exit is never used
-    summary["meanet"]["exit_shares"]["extension"] = 0.1
+    summary["meanet"]["extension_share_in_sweep"] = 0.1
     summary.update(adapted_map=0.37, ecc_d_plus_offload_at_99pct_cloud=None, **{"ecc_i_gain_share_at_0.2": 0.6},
                    ecc_d_bytes_ratio=0.2)
     assert list(goals(summary, 0.99).values()) == [False, False, False, False, True]

@@ -10,6 +10,7 @@ from conftest import CFG_DIR, SHIPPED_CFGS
 from ultralytics.nn.tasks import DetectionModel
 
 from ecc_yolo.checkpoint import load_ecc, save_ecc
+from ecc_yolo.engine.trainer import freeze_parts
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.nn.graph import IMAGE, cut_set, execute
 from ecc_yolo.spec import ECCConfigError, load_spec
@@ -181,7 +182,7 @@ def test_tail_copy_starts_equal_and_is_its_own_part(images):
         next(copied.adapted_cloud.model[-1].parameters()).add_(1.0)  # train the copy: the cloud route is unaffected
         assert torch.equal(_first(copied.cloud_forward(images)), _first(with_copy["cloud"]))
         assert not torch.equal(_first(copied.adapted_forward(images)), _first(with_copy["adapted"]))
-    copied.freeze(("edge", "cloud", "gate"))
+    freeze_parts(copied, ("edge", "cloud", "gate"))
     assert all(p.requires_grad for p in copied.adapted_cloud.parameters())
     assert copied.set_route("adapted").model is copied.adapted_cloud.model
     assert not any(isinstance(m, torch.nn.Conv2d) for m in copied.adapted_cloud.model[:11].modules())

@@ -35,10 +35,24 @@ from ecc_yolo.args import all_defaults, check_ecc_values, check_keys, default_pr
 from ecc_yolo.data.unlabeled import build_image_only_dataset
 from ecc_yolo.engine.validator import ECCValidator
 from ecc_yolo.losses import STAGE_TRAINABLE, ECCLoss
+from ecc_yolo.nn.adapters import calibrate_whitening, whitening_calibrated
 from ecc_yolo.nn.ecc_model import PARTS, ECCModel, find_ecc
 from ecc_yolo.routes import STAGE_ROUTE
 
 RESUME_STATE = "last_state.pt"  # exact-resume state kept beside last.pt while a run is unfinished
+
+
+def freeze_parts(ecc: ECCModel, parts: tuple[str, ...]) -> None:
+    """Keep `parts` (names from PARTS) of an ECC model fixed: no gradients, and in eval mode even while the model
+    trains (`ECCModel.train` keeps its `frozen` parts in eval mode: their BatchNorm statistics must not move)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; valid: {PARTS}")
+    ecc.frozen = tuple(parts)
+    for name in PARTS:
+        if getattr(ecc, name) is not None:
+            getattr(ecc, name).requires_grad_(name not in parts)
+    ecc.train(ecc.training)
 
 
 class ECCTrainer(DetectionTrainer):
@@ -133,7 +147,7 @@ class ECCTrainer(DetectionTrainer):
         """Dataloaders, then (stage=adapt) whitening calibration before the EMA copies the model."""
         super()._build_train_pipeline()
         ecc = find_ecc(self.model)
-        if self.stage in ("adapt", "joint") and not ecc.adapters_calibrated:
+        if self.stage in ("adapt", "joint") and not whitening_calibrated(ecc.adapters):
             # A loader of its own, without augmentation or shuffling: statistics of real images, and the training
             # loader's position and random state stay untouched (exact resume depends on it).
             loader = self.get_dataloader(self.data["train"], batch_size=self.batch_size, rank=-1, mode="val")
@@ -142,7 +156,10 @@ class ECCTrainer(DetectionTrainer):
                 if i >= self.args.calib:
                     break
                 images.append(self.preprocess_batch(batch)["img"])
-            ecc.calibrate_adapters(images)
+            was_training = ecc.cloud.training
+            ecc.cloud.eval()  # the cloud's running BatchNorm statistics, not the batch's, and left unchanged
+            calibrate_whitening(ecc.adapters, ecc.cloud_cuts, images)
+            ecc.cloud.train(was_training)
             LOGGER.info(f"Calibrated adapter whitening on {sum(len(x) for x in images)} training images")
 
     def _setup_train(self):
@@ -152,7 +169,7 @@ class ECCTrainer(DetectionTrainer):
         trainable = set(STAGE_TRAINABLE[self.stage])
         if self.stage == "joint" and self.args.freeze == "edge":
             trainable.discard("edge")
-        ecc.freeze(tuple(p for p in PARTS if p not in trainable))
+        freeze_parts(ecc, tuple(p for p in PARTS if p not in trainable))
         model = unwrap_model(self.model)
         if isinstance(model, DistillationModel):
             model._freeze_teacher()

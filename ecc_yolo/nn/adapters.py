@@ -8,6 +8,8 @@ cloud's own features (`target_mean`, `target_std`, calibrated before knowledge a
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from ultralytics.nn.modules import Conv
@@ -107,3 +109,26 @@ class Adapter(nn.Module):
         self.target_mean.copy_(mean)
         self.target_std.copy_(std.clamp_min(STD_FLOOR))
         self.calibrated.fill_(1.0)
+
+
+@torch.no_grad()
+def calibrate_whitening(adapters: nn.ModuleDict, cloud_cuts: Callable[[torch.Tensor], dict[int, torch.Tensor]],
+                        images: list[torch.Tensor]) -> None:
+    """Measure the per-channel mean/std of the cloud's own cut tensors (`cloud_cuts(img)`, keyed by cloud layer) on
+    some image batches (no labels needed) and fix them as the adapters' whitening statistics. The caller puts the
+    cloud in eval mode."""
+    stats: dict[int, tuple] = {}  # cloud layer -> (sum, sum of squares, count) per channel
+    for img in images:
+        for k, t in cloud_cuts(img).items():
+            t = t.float().transpose(0, 1).flatten(1)  # (C, B*H*W)
+            total, total_sq, n = stats.get(k, (0.0, 0.0, 0))
+            stats[k] = (total + t.sum(1), total_sq + t.square().sum(1), n + t.shape[1])
+    for k, (total, total_sq, n) in stats.items():
+        mean = total / n
+        std = (total_sq / n - mean.square()).clamp_min(0).sqrt()
+        adapters[str(k)].set_target_stats(mean, std)
+
+
+def whitening_calibrated(adapters: nn.ModuleDict) -> bool:
+    """Whether every adapter has measured whitening statistics."""
+    return all(bool(a.calibrated) for a in adapters.values())

@@ -150,7 +150,7 @@ class ECCModel(DetectionModel):
         self.inplace = True
         self.task = "detect"
         self.route = ADAPTED
-        self.frozen: tuple[str, ...] = ()  # parts kept in eval mode and without gradients (set per training stage)
+        self.frozen: tuple[str, ...] = ()  # parts kept in eval mode (set per stage: ecc_yolo.engine.trainer.freeze_parts)
         self.gate_threshold = GAIN_THRESHOLD  # route=auto offloads when the predicted gain exceeds this
         self.criterion = None
         if verbose:
@@ -222,17 +222,6 @@ class ECCModel(DetectionModel):
             for k, v in kwargs.items():
                 setattr(self.extension.model[-1], k, v)
 
-    def freeze(self, parts: tuple[str, ...]) -> None:
-        """Keep `parts` (names from PARTS) fixed: no gradients, and in eval mode even while the model trains."""
-        unknown = set(parts) - set(PARTS)
-        if unknown:
-            raise ValueError(f"unknown parts {sorted(unknown)}; valid: {PARTS}")
-        self.frozen = tuple(parts)
-        for name in PARTS:
-            if getattr(self, name) is not None:
-                getattr(self, name).requires_grad_(name not in parts)
-        self.train(self.training)
-
     def train(self, mode: bool = True) -> ECCModel:
         """Set train/eval mode; frozen parts stay in eval mode (their BatchNorm statistics must not move)."""
         super().train(mode)
@@ -240,29 +229,6 @@ class ECCModel(DetectionModel):
             if getattr(self, name, None) is not None:
                 getattr(self, name).eval()
         return self
-
-    @torch.no_grad()
-    def calibrate_adapters(self, images: list[torch.Tensor]) -> None:
-        """Measure per-channel mean/std of the cloud's own cut tensors on some images (no labels needed) and fix
-        them as the adapters' whitening statistics."""
-        was_training = self.cloud.training
-        self.cloud.eval()
-        stats: dict[int, tuple] = {}  # cloud layer -> (sum, sum of squares, count) per channel
-        for img in images:
-            for k, t in self.cloud_cuts(img).items():
-                t = t.float().transpose(0, 1).flatten(1)  # (C, B*H*W)
-                total, total_sq, n = stats.get(k, (0.0, 0.0, 0))
-                stats[k] = (total + t.sum(1), total_sq + t.square().sum(1), n + t.shape[1])
-        for k, (total, total_sq, n) in stats.items():
-            mean = total / n
-            std = (total_sq / n - mean.square()).clamp_min(0).sqrt()
-            self.adapters[str(k)].set_target_stats(mean, std)
-        self.cloud.train(was_training)
-
-    @property
-    def adapters_calibrated(self) -> bool:
-        """Whether every adapter has measured whitening statistics."""
-        return all(bool(a.calibrated) for a in self.adapters.values())
 
     def _apply(self, fn, *args, **kwargs):
         """Move/cast tensors; each detector's own `_apply` handles its head's anchors and strides."""
