@@ -135,6 +135,9 @@ def test_three_exit_benchmark_reports_shares_costs_and_difficulty_confusion(tiny
     assert abs(sum(meanet["exit_shares"].values()) - 1) < 1e-9
     assert set(meanet["confusion"]) <= {"easy", "hard", "complex"}
     assert sum(sum(row.values()) for row in meanet["confusion"].values()) == summary["images"]
+    at = meanet["confusion_at_0.3"]  # at a fixed offload ratio: exactly that share of the frames is offloaded
+    assert sum(sum(row.values()) for row in at.values()) == summary["images"]
+    assert sum(row["cloud"] for row in at.values()) == round(0.3 * summary["images"])
     costs = json.loads((tiny_zoo / "runs" / "heldout_val" / "cache.json").read_text())["costs"]
     shares = meanet["exit_shares"]
     expected = (costs["edge_gflops"] + costs["gate_gflops"] + costs["router_gflops"]

@@ -33,6 +33,7 @@ GOAL_AUC = 0.90  # 3. a router's area under the curve >= this share of its oracl
 GOAL_GAIN_RATIO = 0.2  # ... and at this offload ratio ...
 GOAL_GAIN_SHARE = 0.70  # ... >= this share of the cloud's mAP gain over the edge
 GOAL_BYTES = 0.10  # 4. ECC_D's mean bytes per frame at its operating point <= this share of every frame's JPEG
+CONFUSION_RATIO = 0.3  # the three-exit router's exits against generated difficulty are also shown at this offload
 GOAL_THREE_EXIT = 0.80  # 5. the three-exit router >= ECC_D's mAP on this share of the sweep, using the extension
 
 
@@ -170,8 +171,10 @@ def multi_exit_summary(curves: dict, sweep: RouterSweep, dataset) -> dict[str, A
     levels = [d for d in dict.fromkeys(dataset.difficulty) if d]
     if levels:
         difficulty = np.array(dataset.difficulty)
-        out["confusion"] = {level: {name: int(np.sum((difficulty == level) & chosen))
-                                    for name, chosen in exit_of.items()} for level in levels}
+        at_ratio = decide(exit_logits=sweep.cache.router, ratio=CONFUSION_RATIO).routes
+        for key, chosen_routes in (("confusion", routes), (f"confusion_at_{CONFUSION_RATIO:g}", at_ratio)):
+            out[key] = {level: {name: int(np.sum((difficulty == level) & (chosen_routes == ROUTE_CODES[route])))
+                                for name, route in EXIT_ROUTES.items()} for level in levels}
     return out
 
 

@@ -78,9 +78,10 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"{m['exit_shares']['main']:.2f}/{m['exit_shares']['extension']:.2f}/{m['exit_shares']['cloud']:.2f}, "
                   f"device GFLOPs {own['device_gflops']:.2f}; at equal offload ratio >= ECC_D on "
                   f"{m['ratios_at_least_ecc_d']:.0%} of the ratios (mean difference {m['mean_gain_over_ecc_d']:+.3f})."]
-        if m.get("confusion"):
-            lines += ["", "| generated difficulty | main | extension | cloud |", "|---|---|---|---|"]
-            lines += [f"| {level} | {c['main']} | {c['extension']} | {c['cloud']} |" for level, c in m["confusion"].items()]
+        for key in (k for k in m if k.startswith("confusion")):
+            when = "its own decision" if key == "confusion" else f"offload ratio {key.rsplit('_', 1)[1]}"
+            lines += ["", f"| generated difficulty ({when}) | main | extension | cloud |", "|---|---|---|---|"]
+            lines += [f"| {level} | {c['main']} | {c['extension']} | {c['cloud']} |" for level, c in m[key].items()]
     if summary.get("per_difficulty"):
         has_ext = any("extension" in v for v in summary["per_difficulty"].values())
         lines += ["", "| difficulty | images | edge | adapted | cloud |" + (" extension |" if has_ext else ""),
