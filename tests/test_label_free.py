@@ -101,7 +101,7 @@ def test_label_free_adaptation_moves_the_adapted_route_towards_the_cloud_on_the_
     shutil.rmtree(tmp_path / "target" / "labels" / "train")
     ckpt = tiny_zoo / "ecc-synth-tiny.pt"
     cmd = [sys.executable, "-m", "ecc_yolo", "train", f"model={ckpt}", f"data={target}", "stage=adapt",
-           "label_free=True", "epochs=3", "imgsz=128", "batch=16", "plots=False", f"project={tmp_path}",
+           "label_free=True", "epochs=6", "imgsz=128", "batch=16", "plots=False", f"project={tmp_path}",
            "name=lf", "exist_ok=True", "optimizer=AdamW", "lr0=0.002", "workers=0"]
     r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "YOLO_OFFLINE": "1"}, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
