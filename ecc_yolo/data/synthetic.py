@@ -364,9 +364,7 @@ _DOMAINS = {"dusk": _Domain((1.15, 0.85, 0.6), 0.08, (1.5, 2.2), 6.0)}
 
 
 def _apply_domain(rng: np.random.Generator, img: np.ndarray, domain: str) -> np.ndarray:
-    """`img` as the target domain's camera would see it (a new uint8 array); "source" returns it unchanged."""
-    if domain == "source":
-        return img
+    """`img` as the camera of target domain `domain` (a key of _DOMAINS) would see it, as a new uint8 array."""
     dm = _DOMAINS[domain]
     gain = np.asarray(dm.gain, np.float32) * rng.uniform(1 - dm.gain_jitter, 1 + dm.gain_jitter, 3).astype(np.float32)
     x = np.power(img.astype(np.float32) / 255, rng.uniform(*dm.gamma)) * (255 * gain)

@@ -81,7 +81,7 @@ def evaluate(
     summary = summarise(curves, cache, evaluator, dataset, target)
     if "MEANet" in curves:
         summary["meanet"] = multi_exit_summary(curves, sweep, dataset)
-        summary["goals"] = goals(summary, target)  # with the three-exit goal
+    summary["goals"] = goals(summary, target)
     summary.update({"model": model.spec.name, "data": str(data), "imgsz": imgsz})
     write_curve_csv(curves, out / "curve.csv")
     write_summary(summary, out)
@@ -123,7 +123,6 @@ def summarise(curves: dict, cache, evaluator: RouteMixEvaluator, dataset, target
         for i in range(len(curves[router]))
     )
     summary["per_difficulty"] = per_difficulty(evaluator, dataset)
-    summary["goals"] = goals(summary, target)
     return summary
 
 
@@ -156,8 +155,11 @@ def goals(summary: dict[str, Any], target: float) -> dict[str, bool]:
 def multi_exit_summary(curves: dict, sweep: RouterSweep, dataset) -> dict[str, Any]:
     """The three-exit system: its own decision (shares per exit, device GFLOPs, mAP), how it compares with ECC_D at
     equal offload ratio, and the confusion matrix between generated difficulty and chosen exit."""
+    def exit_masks(routes: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: routes == ROUTE_CODES[EXIT_ROUTES[name]] for name in EXITS}
+
     routes = decide(exit_logits=sweep.cache.router).routes  # the router's own decision: its most likely exit
-    exit_of = {name: routes == ROUTE_CODES[EXIT_ROUTES[name]] for name in EXITS}
+    exit_of = exit_masks(routes)
     own = sweep.point("MEANet", routes, float(exit_of[CLOUD].mean()))
     meanet, ecc_d = curves["MEANet"], curves["ECC_D"]
     inner = range(1, len(meanet) - 1)  # both curves share their endpoints
@@ -171,10 +173,10 @@ def multi_exit_summary(curves: dict, sweep: RouterSweep, dataset) -> dict[str, A
     levels = [d for d in dict.fromkeys(dataset.difficulty) if d]
     if levels:
         difficulty = np.array(dataset.difficulty)
-        at_ratio = decide(exit_logits=sweep.cache.router, ratio=CONFUSION_RATIO).routes
-        for key, chosen_routes in (("confusion", routes), (f"confusion_at_{CONFUSION_RATIO:g}", at_ratio)):
-            out[key] = {level: {name: int(np.sum((difficulty == level) & (chosen_routes == ROUTE_CODES[route])))
-                                for name, route in EXIT_ROUTES.items()} for level in levels}
+        at_ratio = exit_masks(decide(exit_logits=sweep.cache.router, ratio=CONFUSION_RATIO).routes)
+        for key, masks in (("confusion", exit_of), (f"confusion_at_{CONFUSION_RATIO:g}", at_ratio)):
+            out[key] = {level: {name: int(np.sum((difficulty == level) & chosen)) for name, chosen in masks.items()}
+                        for level in levels}
     return out
 
 
