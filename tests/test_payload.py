@@ -25,6 +25,10 @@ def test_payloads_round_trip_and_declare_their_input_size(tiny_ecc):
 
 
 def test_the_edge_runtime_and_the_model_build_the_same_bytes(tiny_ecc):
+    # The runtime runs a fused edge (Conv+BN folded): the last float bits differ from an unfused model's, and a value
+    # on a rounding boundary then takes the neighbouring 4-bit code (7 of 40 random tiny models did). The payload is
+    # built the same way when the numbers are the same, so the model's edge is fused here too.
+    tiny_ecc.edge.fuse(verbose=False)
     x = torch.rand(1, 3, 96, 96)
     edge = TorchEdge(tiny_ecc)
     from_runtime = edge.payloads(edge.run(x), (96, 96), (96, 96))[0]
