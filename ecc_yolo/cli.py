@@ -188,22 +188,27 @@ def run_detect(args: dict[str, Any]) -> None:
 
 def run_synth(args: dict[str, Any]) -> None:
     """`ecc-yolo synth`: write the synthetic dataset (and, with video=N, an N-frame video)."""
-    from ecc_yolo.data.synthetic import generate_dataset, generate_video
+    from ecc_yolo.data.synthetic import GENERATOR_VERSION, check_version, generate_dataset, generate_video
 
-    allowed = {"out", "train", "val", "imgsz", "seed", "mix", "video", "empty_fraction", "overwrite", "domain"}
+    allowed = {"out", "train", "val", "imgsz", "seed", "mix", "video", "empty_fraction", "overwrite", "domain",
+               "version"}
     unknown = set(args) - allowed
     if unknown:
         raise UsageError(f"synth does not take {sorted(unknown)}; it takes {sorted(allowed)}")
     out = args.get("out", "datasets/synth")
     kwargs = {k: args[k] for k in ("train", "val", "imgsz", "seed", "empty_fraction", "overwrite", "domain")
               if k in args}
+    try:
+        kwargs["version"] = check_version(args.get("version", GENERATOR_VERSION))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if "mix" in args:
         kwargs["mix"] = tuple(args["mix"])
     data = generate_dataset(out, **kwargs)
     print(f"dataset: {data}")
     if args.get("video"):
         video = generate_video(f"{out}/video.mp4", frames=int(args["video"]), imgsz=args.get("imgsz", 256),
-                               seed=args.get("seed", 0))
+                               seed=args.get("seed", 0), version=kwargs["version"])
         print(f"video: {video}")
 
 

@@ -16,13 +16,17 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent / "assets"
 ZOO_ENV = "ECC_YOLO_ZOO"
 KNOWN = {  # names the project documents, whether or not this build ships them; the first is the default model
-    "ecc-synth-q-n-160": "quarter-width YOLO11 edge ('q': scale 0.33/0.125), YOLO11n cloud, adapters, extension exit "
-                         "and gate, trained on the synthetic data at 160 px on 2 CPU cores (tools/train_zoo.py)",
+    "ecc-synth2-q-n-160": "quarter-width YOLO11 edge ('q': scale 0.33/0.125), YOLO11n cloud, adapters, extension "
+                          "exit and gate, trained on synthetic data v2 (difficulty only in the scene) at 160 px on 2 "
+                          "CPU cores (tools/train_zoo.py)",
+    "ecc-synth-q-n-160": "the first CPU zoo: the same models trained on synthetic data v1 (tools/train_zoo.py --preset "
+                         "cpu-v1)",
     "ecc-synth-n-s": "YOLO11n edge, YOLO11s cloud, adapters and gate trained on the synthetic data at 256 px on a GPU "
                      "(tools/train_zoo.py --preset gpu)",
 }
 DEFAULT_MODEL = next(iter(KNOWN))
-TRAIN_COMMAND = {"ecc-synth-q-n-160": "python tools/train_zoo.py --install",
+TRAIN_COMMAND = {"ecc-synth2-q-n-160": "python tools/train_zoo.py --install",
+                 "ecc-synth-q-n-160": "python tools/train_zoo.py --preset cpu-v1 --install",
                  "ecc-synth-n-s": "python tools/train_zoo.py --preset gpu --install  # on a GPU machine"}
 
 

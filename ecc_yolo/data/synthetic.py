@@ -28,7 +28,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-GENERATOR_VERSION: str = "1.0"
+GENERATOR_VERSIONS: tuple[str, ...] = ("1.0", "2.0")  # 1.0: the first zoo's data (difficulty also in noise/blur)
+GENERATOR_VERSION: str = "2.0"  # the default: difficulty only in the scene (see _SCENES_V2)
 # No hexagon: at 10-20 px a hexagon differs from a circle by about one pixel, which no detector can resolve
 CLASS_NAMES: tuple[str, ...] = ("circle", "ring", "triangle", "square", "star", "cross", "crescent", "arrow")
 DIFFICULTIES: tuple[str, ...] = ("easy", "hard", "complex")
@@ -275,14 +276,17 @@ def _make_obj(cls: int, contours: list[np.ndarray], s: int) -> _Obj | None:
     return _Obj(cls, contours, mask, box)
 
 
-def _place_objects(rng: np.random.Generator, lv: _Level, s: int, n: int, overlay: np.ndarray) -> list[_Obj]:
-    """Sample up to `n` objects (drawing order) fully inside the image and within the level's occlusion limit."""
+def _place_objects(rng: np.random.Generator, lv: _Level, s: int, n: int, overlay: np.ndarray,
+                   classes: Sequence[int] | None = None) -> list[_Obj]:
+    """Sample up to `n` objects (drawing order) fully inside the image and within the level's occlusion limit;
+    classes uniformly from `classes` (default: all)."""
     lo_px = max(lv.size[0] * s, _MIN_SIDE)
     hi_px = max(lv.size[1] * s, lo_px)
     objs: list[_Obj] = []
     for _ in range(n):
         for _try in range(200):  # resample rather than label an over-occluded or clipped object
-            cls, size = int(rng.integers(len(CLASS_NAMES))), rng.uniform(lo_px, hi_px)
+            cls = int(rng.integers(len(CLASS_NAMES))) if classes is None else classes[int(rng.integers(len(classes)))]
+            size = rng.uniform(lo_px, hi_px)
             if objs and rng.random() < lv.cluster:  # near an earlier object, to create real occlusion
                 ref = objs[int(rng.integers(len(objs)))].box
                 cx, cy = np.array([ref[0] + ref[2], ref[1] + ref[3]]) / 2 + rng.normal(0, size * 0.8, 2)
@@ -331,9 +335,11 @@ def _pick_colours(rng: np.random.Generator, lv: _Level, bg: np.ndarray, objs: li
         _paint(canvas, o)
 
 
-def _compose(rng: np.random.Generator, difficulty: str, bg: np.ndarray, objs: list[_Obj], overlay: list) -> Frame:
-    """Draw objects in order on a copy of `bg`, then overlay marks, blur and sensor noise."""
-    lv, img = _LEVELS[difficulty], bg.copy()
+def _compose(rng: np.random.Generator, difficulty: str, bg: np.ndarray, objs: list[_Obj], overlay: list,
+             lv: _Level | None = None) -> Frame:
+    """Draw objects in order on a copy of `bg`, then overlay marks, the level's blur and sensor noise (v1; v2 levels
+    have none: its camera comes after, see _apply_camera)."""
+    lv, img = lv or _LEVELS[difficulty], bg.copy()
     for o in objs:
         _paint(img, o)
     for pts, t, colour in overlay:
@@ -372,6 +378,129 @@ def _apply_domain(rng: np.random.Generator, img: np.ndarray, domain: str) -> np.
     return np.clip(x, 0, 255, out=x).astype(np.uint8)
 
 
+# ------------------------------------------------------------------------------------------------ generator v2 scenes
+# Version 2.0 puts difficulty only in what is in the scene: object size, count, occlusion, object-sized decoys and
+# class confusability. Everything a global image statistic sees first (camera noise, blur, colour cast, exposure,
+# background texture and the amount of background clutter) is drawn from one distribution for every difficulty, from
+# a random stream that does not know the frame's difficulty. v1's levels (_LEVELS) set noise and blur per difficulty,
+# which a classifier on image statistics reads off (docs/BENCHMARKS.md, the leak check).
+@dataclass(frozen=True)
+class _SceneLevel:
+    level: _Level  # count, size, contrast, chroma, occlusion, cluster (its noise and blur are 0: see _Camera)
+    decoys: tuple[int, int]  # unlabelled object-sized blobs in the background, inclusive range
+    overlay: tuple[int, int]  # thin scribbles drawn over the objects (occluders), inclusive range
+    confusable: float  # probability that a frame's classes all come from one group of look-alikes
+
+
+_SCENES_V2 = {
+    "easy": _SceneLevel(_Level((1, 3), (0.18, 0.32), (60, 110), (30, 80), 0.0, 0.0, 0.0, 0.0), (0, 1), (0, 0), 0.0),
+    "hard": _SceneLevel(_Level((2, 5), (0.10, 0.17), (35, 65), (15, 45), 0.25, 0.0, 0.0, 0.3), (2, 4), (0, 2), 0.5),
+    "complex": _SceneLevel(_Level((3, 6), (0.07, 0.12), (28, 50), (10, 30), 0.4, 0.0, 0.0, 0.5), (4, 7), (1, 3), 1.0),
+}
+# Shapes that differ by a detail which small sizes, occlusion and blur erase
+_LOOKALIKES: tuple[tuple[int, ...], ...] = (
+    tuple(CLASS_NAMES.index(n) for n in ("circle", "ring", "crescent")),
+    tuple(CLASS_NAMES.index(n) for n in ("square", "cross", "star")),
+    tuple(CLASS_NAMES.index(n) for n in ("triangle", "arrow")),
+)
+# Background clutter per frame, the same for every difficulty: (kind, count range); the count is scaled by a
+# per-frame clutter density in [0, 1]
+_CLUTTER_V2 = (("bigblob", (0, 5)), ("line", (0, 9)), ("scribble", (0, 8)), ("arc", (0, 5)))
+
+
+@dataclass(frozen=True)
+class _Camera:
+    """Image-level conditions of one frame (v2), drawn independently of its difficulty."""
+
+    gain: tuple[float, float, float]  # BGR channel gains (colour cast, white balance)
+    gamma: float  # exposure curve, output = 255 * (input / 255) ** gamma
+    offset: float  # brightness offset, 0-255 scale
+    blur: float  # Gaussian blur sigma, pixels (0: none)
+    noise: float  # Gaussian sensor noise sigma, 0-255 scale
+    clutter: float  # background clutter density in [0, 1]
+    texture: int  # background texture grid (2: gentle gradient ... 8: busy)
+
+
+def _draw_camera(rng: np.random.Generator) -> _Camera:
+    gain = tuple(float(g) for g in np.clip(1 + rng.normal(0, 0.08, 3), 0.75, 1.25))
+    blur = 0.0 if rng.random() < 0.4 else float(rng.uniform(0.3, 1.0))
+    return _Camera(gain, float(rng.uniform(0.75, 1.3)), float(rng.normal(0, 10)), blur, float(rng.uniform(0, 9)),
+                   float(rng.random()), int(rng.choice((2, 4, 8))))
+
+
+def _background_v2(rng: np.random.Generator, cam: _Camera, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 BGR background (texture and clutter set by the camera draw, not the difficulty) and its base colour."""
+    base = np.clip(rng.uniform(50, 200) + rng.normal(0, 20, 3), 35, 220).astype(np.float32)
+    g = cam.texture
+    a = rng.uniform(0, 2 * math.pi)
+    ramp = np.linspace(-0.5, 0.5, g, dtype=np.float32)
+    ramp = math.cos(a) * ramp[None, :] + math.sin(a) * ramp[:, None]
+    grid = base + ramp[..., None] * rng.uniform(0, 50) * rng.uniform(0.6, 1.0, 3).astype(np.float32)
+    grid += (rng.normal(0, 3 * g, (g, g, 1)) + rng.normal(0, 1.5 * g, (g, g, 3))).astype(np.float32)
+    grid = cv2.resize(grid, (32, 32), interpolation=cv2.INTER_CUBIC)
+    img = cv2.resize(grid, (s, s), interpolation=cv2.INTER_LINEAR)
+    img = np.clip(img, 0, 255, out=img).astype(np.uint8)
+    for kind, (lo, hi) in _CLUTTER_V2:
+        for _ in range(int(round(lo + (hi - lo) * cam.clutter * rng.random()))):
+            _draw_clutter(rng, img, base, kind, (15, 60) if kind == "bigblob" else (10, 45))
+    return img, base
+
+
+def _draw_decoys(rng: np.random.Generator, img: np.ndarray, base: np.ndarray, sc: _SceneLevel) -> None:
+    """Unlabelled blobs of the level's object size and contrast: in a crowded scene, not everything is an object."""
+    s = img.shape[0]
+    for _ in range(int(rng.integers(sc.decoys[0], sc.decoys[1] + 1))):
+        size = rng.uniform(*sc.level.size) * s * 1.3  # a blob's box is as long as an object's at 1.3x its size
+        pts = _blob_pts(rng, rng.uniform(0, s), rng.uniform(0, s), size)
+        col = _colour_near(rng, base, sc.level.contrast, sc.level.chroma)
+        cv2.fillPoly(img, [np.round(pts * 16).astype(np.int32)], col, cv2.LINE_AA, 4)
+
+
+def _class_picker(rng: np.random.Generator, sc: _SceneLevel):
+    """Per frame: every class (or, with probability `confusable`, one group of look-alikes) for rng.choice."""
+    if rng.random() < sc.confusable:
+        return _LOOKALIKES[int(rng.integers(len(_LOOKALIKES)))]
+    return tuple(range(len(CLASS_NAMES)))
+
+
+def _apply_camera(rng: np.random.Generator, img: np.ndarray, cam: _Camera) -> np.ndarray:
+    """Optics, exposure and sensor noise of the v2 camera on a finished scene (labels unchanged)."""
+    if cam.blur:
+        img = cv2.GaussianBlur(img, (0, 0), cam.blur)
+    x = np.power(img.astype(np.float32) / 255, cam.gamma) * (255 * np.asarray(cam.gain, np.float32)) + cam.offset
+    x += rng.standard_normal(img.shape, dtype=np.float32) * cam.noise + 0.5
+    return np.clip(x, 0, 255, out=x).astype(np.uint8)
+
+
+@dataclass
+class _Scene:
+    """A v2 scene before the camera: background, overlay marks and objects (what a video moves)."""
+
+    bg: np.ndarray
+    overlay: list
+    overlay_mask: np.ndarray
+    objs: list[_Obj]
+    cam: _Camera
+
+
+def _scene_v2(rng: np.random.Generator, cam_rng: np.random.Generator, difficulty: str, s: int, n: int | None
+              ) -> _Scene:
+    """Lay out a v2 scene: `cam_rng` (blind to the difficulty) draws the camera and the background, `rng` the
+    difficulty's content. `n=None` draws the level's object count; 0 gives an empty frame."""
+    sc = _SCENES_V2[difficulty]
+    cam = _draw_camera(cam_rng)
+    bg, base = _background_v2(cam_rng, cam, s)
+    _draw_decoys(rng, bg, base, sc)
+    lo, hi = sc.overlay
+    overlay = [(_scribble(rng, s), int(rng.integers(1, 3)), _colour_near(rng, base, (10, 45), (10, 60)))
+               for _ in range(int(rng.integers(lo, hi + 1)))]
+    omask = _overlay_mask(overlay, s)
+    count = int(rng.integers(sc.level.count[0], sc.level.count[1] + 1)) if n is None else n
+    objs = _place_objects(rng, sc.level, s, count, omask, classes=_class_picker(rng, sc))
+    _pick_colours(rng, sc.level, bg, objs)
+    return _Scene(bg, overlay, omask, objs, cam)
+
+
 def _check_domain(domain: str) -> int:
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}, expected one of {DOMAINS}")
@@ -384,6 +513,17 @@ def _check_difficulty(difficulty: str) -> int:
     return DIFFICULTIES.index(difficulty)
 
 
+def check_version(version: str | float | int) -> str:
+    """A generator version as its canonical string ("2", 2.0 and "2.0" are "2.0"); unknown ones are refused."""
+    try:
+        v = f"{float(version):.1f}"
+    except (TypeError, ValueError):
+        v = str(version)
+    if v not in GENERATOR_VERSIONS:
+        raise ValueError(f"unknown generator version {version!r}, expected one of {GENERATOR_VERSIONS}")
+    return v
+
+
 def _check_imgsz(imgsz: int) -> int:
     if int(imgsz) != imgsz or imgsz < _MIN_IMGSZ:
         raise ValueError(f"imgsz must be an integer >= {_MIN_IMGSZ} pixels, got {imgsz}")
@@ -391,21 +531,30 @@ def _check_imgsz(imgsz: int) -> int:
 
 
 def render_frame(seed: int, index: int, difficulty: str, imgsz: int = 256, *, empty: bool = False,
-                 domain: str = "source") -> Frame:
-    """Render one square `imgsz`-pixel frame, a pure function of (seed, index, difficulty, imgsz, empty, domain).
+                 domain: str = "source", version: str = GENERATOR_VERSION) -> Frame:
+    """Render one square `imgsz`-pixel frame, a pure function of (seed, index, difficulty, imgsz, empty, domain,
+    version).
 
     `empty=True` draws the same kind of background and clutter but no labelled object. A `domain` other than
-    "source" shifts the finished frame's colours, brightness and noise (same scene, same labels).
+    "source" shifts the finished frame's colours, brightness and noise (same scene, same labels). `version` picks the
+    generator (GENERATOR_VERSIONS); in 2.0 the camera and background of frame `index` are the same whatever its
+    difficulty.
     """
     s, d, dom = _check_imgsz(imgsz), _check_difficulty(difficulty), _check_domain(domain)
-    rng = np.random.default_rng([seed, index, d, s])
-    lv = _LEVELS[difficulty]
-    bg = _background(rng, difficulty, s)
-    overlay = _overlay(rng, difficulty, bg)
-    n = 0 if empty else int(rng.integers(lv.count[0], lv.count[1] + 1))
-    objs = _place_objects(rng, lv, s, n, _overlay_mask(overlay, s))
-    _pick_colours(rng, lv, bg, objs)
-    frame = _compose(rng, difficulty, bg, objs, overlay)
+    if check_version(version) == "1.0":
+        rng = np.random.default_rng([seed, index, d, s])
+        lv = _LEVELS[difficulty]
+        bg = _background(rng, difficulty, s)
+        overlay = _overlay(rng, difficulty, bg)
+        n = 0 if empty else int(rng.integers(lv.count[0], lv.count[1] + 1))
+        objs = _place_objects(rng, lv, s, n, _overlay_mask(overlay, s))
+        _pick_colours(rng, lv, bg, objs)
+        frame = _compose(rng, difficulty, bg, objs, overlay)
+    else:
+        rng = np.random.default_rng([seed, index, d, s, 2])
+        scene = _scene_v2(rng, np.random.default_rng([seed, index, s, 0xCA3]), difficulty, s, 0 if empty else None)
+        frame = _compose(rng, difficulty, scene.bg, scene.objs, scene.overlay, _SCENES_V2[difficulty].level)
+        frame = Frame(_apply_camera(rng, frame.image, scene.cam), frame.boxes, frame.classes, difficulty)
     if dom == 0:
         return frame
     shifted = _apply_domain(np.random.default_rng([seed, index, d, s, dom]), frame.image, domain)
@@ -458,13 +607,14 @@ def _progress(iterable, total: int, desc: str, progress: bool):
 
 
 def generate_split(out_dir: str | Path, split: str, n: int, imgsz: int = 256, mix: Sequence[float] = DEFAULT_MIX,
-                   seed: int = 0, empty_fraction: float = 0.02, progress: bool = True, domain: str = "source") -> Path:
+                   seed: int = 0, empty_fraction: float = 0.02, progress: bool = True, domain: str = "source",
+                   version: str = GENERATOR_VERSION) -> Path:
     """Write `n` images, YOLO labels and a COCO json for one split; returns the json path.
 
     Image i depends only on (seed, split, i, imgsz, its difficulty, domain), so a shorter split is a prefix of a
     longer one, and the same seed in another domain gives the same scenes seen by another camera.
     """
-    out, s = Path(out_dir), _check_imgsz(imgsz)
+    out, s, version = Path(out_dir), _check_imgsz(imgsz), check_version(version)
     _check_domain(domain)
     sseed = _split_seed(seed, split)
     diffs = sample_difficulties(n, mix, sseed)
@@ -477,7 +627,7 @@ def generate_split(out_dir: str | Path, split: str, n: int, imgsz: int = 256, mi
         d.mkdir(parents=True, exist_ok=True)
 
     def write(i: int) -> tuple[list, list, str]:
-        fr = render_frame(sseed, i, diffs[i], s, empty=empties[i], domain=domain)
+        fr = render_frame(sseed, i, diffs[i], s, empty=empties[i], domain=domain, version=version)
         name = f"{i + 1:06d}"
         if not cv2.imwrite(str(img_dir / f"{name}.jpg"), fr.image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
             raise OSError(f"could not write {img_dir / name}.jpg")
@@ -498,7 +648,7 @@ def generate_split(out_dir: str | Path, split: str, n: int, imgsz: int = 256, mi
                              "area": w * h, "iscrowd": 0})
             images.append({"id": iid, "file_name": f"{iid:06d}.jpg", "width": s, "height": s, "difficulty": diff})
     coco = {
-        "info": {"description": "ecc-yolo synthetic shapes on clutter", "generator_version": GENERATOR_VERSION,
+        "info": {"description": "ecc-yolo synthetic shapes on clutter", "generator_version": version,
                  "seed": seed, "split": split, "mix": [float(x) for x in mix], "imgsz": s,
                  "empty_fraction": empty_fraction, "domain": domain},
         "images": images,
@@ -525,19 +675,21 @@ def _remove_outputs(out: Path) -> None:
 
 def generate_dataset(out_dir: str | Path, train: int = 3000, val: int = 600, imgsz: int = 256,
                      mix: Sequence[float] = DEFAULT_MIX, seed: int = 0, empty_fraction: float = 0.02,
-                     overwrite: bool = False, progress: bool = True, domain: str = "source") -> Path:
+                     overwrite: bool = False, progress: bool = True, domain: str = "source",
+                     version: str = GENERATOR_VERSION) -> Path:
     """Generate train/val splits under `out_dir` and return the path of its Ultralytics data.yaml.
 
     An existing dataset with identical settings is reused unless `overwrite`; otherwise it is deleted and rebuilt.
-    `domain` (one of DOMAINS) renders the frames as a shifted target domain would (see `render_frame`).
+    `domain` (one of DOMAINS) renders the frames as a shifted target domain would (see `render_frame`); `version`
+    picks the generator (GENERATOR_VERSIONS; "1.0" reproduces the first zoo's data).
     """
     from ultralytics.utils import LOGGER, YAML
 
     out = Path(out_dir).resolve()
-    s = _check_imgsz(imgsz)
+    s, version = _check_imgsz(imgsz), check_version(version)
     _normalise_mix(mix)
     _check_domain(domain)
-    settings = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "imgsz": s, "mix": [float(x) for x in mix],
+    settings = {"generator_version": version, "seed": int(seed), "imgsz": s, "mix": [float(x) for x in mix],
                 "counts": {"train": int(train), "val": int(val)}, "empty_fraction": float(empty_fraction)}
     if domain != "source":  # source datasets written before domains existed keep matching (and being reused)
         settings["domain"] = domain
@@ -552,13 +704,14 @@ def generate_dataset(out_dir: str | Path, train: int = 3000, val: int = 600, img
         _remove_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train), ("val", val)):
-        generate_split(out, split, n, s, mix, seed, empty_fraction, progress, domain)
+        generate_split(out, split, n, s, mix, seed, empty_fraction, progress, domain, version)
     data = {"path": str(out), "train": "images/train", "val": "images/val", "nc": len(CLASS_NAMES),
             "names": dict(enumerate(CLASS_NAMES)), "synthetic": settings}
     tmp = out / "data.yaml.tmp"  # written last and atomically: a half-built dataset never looks reusable
     YAML.save(tmp, data)
     tmp.replace(yaml_path)
-    LOGGER.info(f"synthetic dataset written to {out} ({train} train, {val} val images, {s} px, {domain} domain)")
+    LOGGER.info(f"synthetic dataset v{version} written to {out} ({train} train, {val} val images, {s} px, "
+                f"{domain} domain)")
     return yaml_path
 
 
@@ -582,15 +735,18 @@ def _check_schedule(schedule: Sequence, frames: int) -> list[tuple[int, str]]:
 
 
 def generate_video(path: str | Path, frames: int = 300, fps: int = 15, imgsz: int = 256,
-                   schedule: list[tuple[int, str]] | None = None, seed: int = 0, progress: bool = True) -> Path:
+                   schedule: list[tuple[int, str]] | None = None, seed: int = 0, progress: bool = True,
+                   version: str = GENERATOR_VERSION) -> Path:
     """Write an mp4 of moving shapes whose difficulty follows `schedule` [(n_frames, difficulty), ...].
 
+    Each segment is one scene (and, in generator 2.0, one camera: its noise, blur and colour cast hold for the
+    segment and are drawn blind to its difficulty).
     Labels go to `<stem>.jsonl`, one {"frame", "difficulty", "boxes" (xyxy pixels), "classes"} per frame.
     Returns the mp4 path.
     """
     if frames <= 0:
         raise ValueError(f"frames must be positive, got {frames}")
-    s = _check_imgsz(imgsz)
+    s, version = _check_imgsz(imgsz), check_version(version)
     schedule = _check_schedule(_default_schedule(frames) if schedule is None else schedule, frames)
     path = Path(path).with_suffix(".mp4")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -602,17 +758,23 @@ def generate_video(path: str | Path, frames: int = 300, fps: int = 15, imgsz: in
     try:
         for si, (n, diff) in enumerate(schedule):
             rng = np.random.default_rng([seed, si, DIFFICULTIES.index(diff), s, 0x71D])
-            lv = _LEVELS[diff]
-            bg = _background(rng, diff, s)
-            overlay = _overlay(rng, diff, bg)
-            omask = _overlay_mask(overlay, s)
-            objs = _place_objects(rng, lv, s, int(rng.integers(lv.count[0], lv.count[1] + 1)), omask)
-            _pick_colours(rng, lv, bg, objs)
+            cam = None
+            if version == "1.0":
+                lv = _LEVELS[diff]
+                bg = _background(rng, diff, s)
+                overlay = _overlay(rng, diff, bg)
+                omask = _overlay_mask(overlay, s)
+                objs = _place_objects(rng, lv, s, int(rng.integers(lv.count[0], lv.count[1] + 1)), omask)
+                _pick_colours(rng, lv, bg, objs)
+            else:
+                lv = _SCENES_V2[diff].level
+                scene = _scene_v2(rng, np.random.default_rng([seed, si, s, 0xCA3]), diff, s, None)
+                bg, overlay, omask, objs, cam = scene.bg, scene.overlay, scene.overlay_mask, scene.objs, scene.cam
             ang = rng.uniform(0, 2 * math.pi, len(objs))
             vel = np.stack([np.cos(ang), np.sin(ang)], 1) * rng.uniform(0.5, 2.5, (len(objs), 1)) * s / 256
             for _ in range(n):
-                fr = _compose(rng, diff, bg, objs, overlay)
-                writer.write(fr.image)
+                fr = _compose(rng, diff, bg, objs, overlay, lv)
+                writer.write(fr.image if cam is None else _apply_camera(rng, fr.image, cam))
                 boxes, classes = fr.boxes.tolist(), fr.classes.tolist()
                 labels.append({"frame": f, "difficulty": diff, "boxes": boxes, "classes": classes})
                 f += 1

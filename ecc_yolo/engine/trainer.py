@@ -55,6 +55,18 @@ def freeze_parts(ecc: ECCModel, parts: tuple[str, ...]) -> None:
     ecc.train(ecc.training)
 
 
+def frozen_parts_arg(freeze: Any) -> tuple[str, ...]:
+    """The ECC parts that `freeze=` names ("edge", "adapted_cloud,adapters", ...), beyond what the stage freezes
+    anyway; an integer or a list of layer indices is Ultralytics' own layer freezing and names no part."""
+    if not isinstance(freeze, str):
+        return ()
+    names = tuple(n.strip() for n in freeze.split(",") if n.strip())
+    unknown = set(names) - set(PARTS)
+    if unknown:
+        raise ValueError(f"freeze={freeze!r}: unknown parts {sorted(unknown)}; valid: {PARTS}")
+    return names
+
+
 class ECCTrainer(DetectionTrainer):
     """Trains one ECC stage with Ultralytics' loop; see the module docstring."""
 
@@ -166,9 +178,7 @@ class ECCTrainer(DetectionTrainer):
         """Ultralytics' setup, then freeze every part this stage does not train."""
         super()._setup_train()
         ecc = find_ecc(self.model)
-        trainable = set(STAGE_TRAINABLE[self.stage])
-        if self.stage == "joint" and self.args.freeze == "edge":
-            trainable.discard("edge")
+        trainable = set(STAGE_TRAINABLE[self.stage]) - set(frozen_parts_arg(self.args.freeze))
         freeze_parts(ecc, tuple(p for p in PARTS if p not in trainable))
         model = unwrap_model(self.model)
         if isinstance(model, DistillationModel):
