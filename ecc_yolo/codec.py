@@ -282,6 +282,30 @@ def encode_jpeg(image_bgr: np.ndarray, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
+IMAGE_CODECS = {"jpeg": (".jpg", cv2.IMWRITE_JPEG_QUALITY), "webp": (".webp", cv2.IMWRITE_WEBP_QUALITY)}
+
+
+def encode_image(image_bgr: np.ndarray, codec: str = "jpeg", quality: int = 90) -> bytes:
+    """Bytes of a BGR frame in a lossy image codec ("jpeg" or "webp") at `quality` (1..100)."""
+    if codec not in IMAGE_CODECS:
+        raise ValueError(f"unknown image codec '{codec}' (known: {', '.join(IMAGE_CODECS)})")
+    suffix, flag = IMAGE_CODECS[codec]
+    ok, buf = cv2.imencode(suffix, image_bgr, [flag, int(quality)])
+    if not ok:
+        raise ValueError(f"{codec} encoding failed")
+    return buf.tobytes()
+
+
+def image_codec_available(codec: str) -> bool:
+    """Whether the installed OpenCV encodes and decodes `codec` (WebP support is a build option of OpenCV)."""
+    probe = np.full((16, 16, 3), 128, np.uint8)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(encode_image(probe, codec, 50), np.uint8), cv2.IMREAD_COLOR)
+    except (ValueError, cv2.error):
+        return False
+    return decoded is not None and decoded.shape == probe.shape
+
+
 def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = MAX_IMAGE_PIXELS,
                  max_side: int = MAX_SIDE) -> np.ndarray:
     """Decode a received JPEG/PNG into a BGR array, refusing anything that is not a reasonable image.

@@ -61,12 +61,17 @@ def test_render_rejects_bad_arguments():
         render_frame(0, 0, "easy", imgsz=32)
 
 
+def _level(version: str, difficulty: str):
+    return syn._LEVELS[difficulty] if version == "1.0" else syn._SCENES_V2[difficulty].level
+
+
+@pytest.mark.parametrize("version", syn.GENERATOR_VERSIONS)
 @pytest.mark.parametrize("difficulty", DIFFICULTIES)
-def test_levels_counts_sizes_and_bounds(difficulty):
-    lv, s = syn._LEVELS[difficulty], 256
+def test_levels_counts_sizes_and_bounds(difficulty, version):
+    lv, s = _level(version, difficulty), 256
     counts, sides = [], []
     for i in range(40):
-        fr = render_frame(11, i, difficulty, s)
+        fr = render_frame(11, i, difficulty, s, version=version)
         b = fr.boxes
         assert b.shape == (len(fr.classes), 4)
         assert ((fr.classes >= 0) & (fr.classes < len(CLASS_NAMES))).all()
@@ -295,7 +300,7 @@ def test_video(tmp_path, schedule):
     assert [x["difficulty"] for x in labels] == expect
     for x in labels:
         b = np.array(x["boxes"], np.float32).reshape(-1, 4)
-        lv = syn._LEVELS[x["difficulty"]]
+        lv = _level(syn.GENERATOR_VERSION, x["difficulty"])
         assert lv.count[0] <= len(b) <= lv.count[1] and len(x["classes"]) == len(b)
         assert (b[:, :2] >= 0).all() and (b[:, 2:] <= SMALL).all() and (b[:, 2:] - b[:, :2] >= 4).all()
     for prev, cur in zip(labels, labels[1:]):  # smooth motion within a segment: a few pixels per frame
@@ -323,3 +328,67 @@ def test_video_schedule_validation(tmp_path):
     with pytest.raises(ValueError, match="frames"):
         generate_video(tmp_path / "v.mp4", frames=0, imgsz=64, progress=False)
     assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "v.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------------ generator versions
+def test_version_one_frames_are_unchanged():
+    """Generator 1.0 reproduces the first zoo's data bit for bit: frames hashed with the code before 2.0 existed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for d in DIFFICULTIES:
+        for i in range(3):
+            h.update(render_frame(11, i, d, 160, version="1.0").image.tobytes())
+    assert h.hexdigest() == "2d05193202f1031a5508168e8cc8fda6892f5e9c8ce6ffec715c26a6b7d27d40"
+
+
+def test_versions_are_checked_and_recorded(tmp_path):
+    assert syn.GENERATOR_VERSION == "2.0" and syn.check_version(1) == "1.0" and syn.check_version("2") == "2.0"
+    with pytest.raises(ValueError, match="generator version"):
+        syn.check_version("3.0")
+    v1 = generate_dataset(tmp_path / "v1", train=4, val=2, imgsz=SMALL, version="1.0", progress=False)
+    v2 = generate_dataset(tmp_path / "v2", train=4, val=2, imgsz=SMALL, progress=False)
+    from ultralytics.utils import YAML
+
+    assert YAML.load(v1)["synthetic"]["generator_version"] == "1.0"
+    assert YAML.load(v2)["synthetic"]["generator_version"] == "2.0"
+    a = cv2.imread(str(tmp_path / "v1" / "images" / "train" / "000001.jpg"))
+    b = cv2.imread(str(tmp_path / "v2" / "images" / "train" / "000001.jpg"))
+    assert not np.array_equal(a, b)
+
+
+def test_v2_objects_are_spread_over_difficulties_and_stay_resolvable():
+    """No difficulty holds more than 40% of the objects (v1: complex frames held 41%), and complex objects keep a
+    longer side of at least 10 px at the zoo's 160 px."""
+    diffs = sample_difficulties(300, DEFAULT_MIX, seed=4)
+    objects, sides = {d: 0 for d in DIFFICULTIES}, {d: [] for d in DIFFICULTIES}
+    for i, d in enumerate(diffs):
+        fr = render_frame(4, i, d, 160)
+        objects[d] += len(fr.boxes)
+        sides[d] += (fr.boxes[:, 2:] - fr.boxes[:, :2]).max(1).tolist()
+    total = sum(objects.values())
+    shares = {d: n / total for d, n in objects.items()}
+    assert all(0.2 < v <= 0.40 for v in shares.values()), shares
+    assert min(sides["complex"]) >= 10 and np.mean(sides["easy"]) > 2 * np.mean(sides["complex"])
+
+
+def test_v2_camera_does_not_depend_on_difficulty():
+    """Noise and sharpness estimates of v2 frames have the same distribution for every difficulty (v1: noise
+    sigma 0 / 6 / 12 by difficulty)."""
+    from ecc_yolo.data.difficulty_leak import image_statistics
+
+    for version, same in (("2.0", True), ("1.0", False)):
+        noise = {d: np.mean([image_statistics(render_frame(9, i, d, 128, version=version).image)[9:12].mean()
+                             for i in range(60)]) for d in DIFFICULTIES}
+        spread = (max(noise.values()) - min(noise.values())) / np.mean(list(noise.values()))
+        assert (spread < 0.2) == same, (version, noise)
+
+
+@pytest.mark.slow
+def test_leak_check_finds_v1_leak_and_not_v2(tmp_path):
+    from ecc_yolo.data.difficulty_leak import leak_check
+
+    v1 = leak_check("1.0", train=240, test=120, imgsz=96, workdir=tmp_path)
+    v2 = leak_check("2.0", train=240, test=120, imgsz=96, workdir=tmp_path)
+    assert v1["mlp"]["accuracy"] >= 0.95 and v1["logistic"]["accuracy"] >= 0.95
+    assert v2["mlp"]["accuracy"] <= v2["mlp"]["majority_share"] + 0.15, v2["mlp"]

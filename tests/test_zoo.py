@@ -95,6 +95,34 @@ def test_every_shipped_zoo_entry_matches_its_manifest_within_the_size_limit():
         assert zoo.resolve(name) == zoo.ASSETS / f"{name}.pt"
 
 
+def test_the_v1_zoo_manifest_still_reproduces_its_data_with_its_recorded_commands(tmp_path):
+    """The first zoo's recorded synth commands, run as recorded (only out= and the image counts made small), write
+    generator 1.0 data: the same frames that version renders."""
+    import shlex
+
+    from ecc_yolo.cli import entrypoint
+    from ecc_yolo.data.synthetic import render_frame
+
+    manifest = json.loads((zoo.ASSETS / "ecc-synth-q-n-160.json").read_text())
+    assert manifest["generator"]["version"] == "1.0"
+    synth = [c["command"] for c in manifest["commands"] if c["command"].startswith("ecc-yolo synth")]
+    assert len(synth) == 2
+    for k, command in enumerate(synth):
+        args = dict(a.split("=", 1) for a in shlex.split(command)[2:])
+        args.update(out=str(tmp_path / f"d{k}"), train="2" if args["train"] != "0" else "0", val="2")
+        assert entrypoint(["synth", *[f"{key}={v}" for key, v in args.items()]]) == 0
+        coco = json.loads((tmp_path / f"d{k}" / "annotations" / "instances_val.json").read_text())
+        assert coco["info"]["generator_version"] == "1.0"
+        from ecc_yolo.data.synthetic import _split_seed  # the split's stream, as generate_split draws it
+
+        first = coco["images"][0]
+        frame = render_frame(_split_seed(int(args["seed"]), "val"), 0, first["difficulty"], int(args["imgsz"]),
+                             version="1.0")
+        got = [a["bbox"] for a in coco["annotations"] if a["image_id"] == first["id"]]
+        want = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in frame.boxes.tolist()]
+        assert got == want
+
+
 @pytest.mark.slow
 def test_the_pipeline_skips_finished_steps_and_resumes_an_interrupted_stage(synth_data, tmp_path):
     """A training stage killed after its first epoch resumes from last.pt on the re-run (Ultralytics' resume), its
@@ -150,7 +178,8 @@ def test_a_dry_run_plans_every_step_and_writes_nothing(tmp_path, capsys):
 
     assert train_zoo(out=tmp_path / "zoo", dry_run=True) is None
     plan = capsys.readouterr().out.splitlines()[1:]
-    assert [line.split()[0] for line in plan] == ["data", "heldout", *STAGE_ORDER, "val"]
+    assert [line.split()[0] for line in plan] == ["data", "test", *STAGE_ORDER, "val"]
+    assert "version=2.0" in plan[0] and "seed=20261206" in plan[1]  # generator 2.0, the untouched test seed
     assert all(line.split()[1] == "runs" for line in plan) and not (tmp_path / "zoo").exists()
 
 

@@ -7,12 +7,14 @@
 Steps (each an `ecc-yolo` command, resumable like the zoo pipeline):
     1. target training images: `ecc-yolo synth domain=dusk` at a seed the zoo never used; their label files are then
        deleted, so nothing but images exists for training;
-    2. target held-out split (domain=dusk, the zoo's held-out seed), labelled, for measuring only;
+    2. target held-out split (domain=dusk, the zoo's test seed), labelled, for measuring only (nothing is chosen
+       on it: the epochs and learning rate are fixed before);
     3. the source validation split (the zoo's own, labelled): the training run's per-epoch report;
     4. `ecc-yolo val` of the model as shipped on the target held-out split (source-trained adapters);
     5. `ecc-yolo train stage=adapt label_free=True`: feature matching and cloud-output distillation only;
     6. `ecc-yolo val` of the adapted model on the target held-out split, and on the source held-out split.
-Writes <out>/label_free.json and <out>/label_free.md: every route's held-out mAP50-95 before and after.
+Writes <out>/label_free.json and <out>/label_free.md: every route's held-out mAP50-95 before and after; with
+--record, a copy of the JSON in the repository (docs/benchmarks/), where docs figures come from.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
     from ultralytics.utils import YAML
 
     from ecc_yolo import zoo
-    from ecc_yolo.zoo_pipeline import HELDOUT_SEED, PRESETS, TRAIN_SEED, Stages
+    from ecc_yolo.zoo_pipeline import PRESETS, TRAIN_SEED, Stages
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a zoo name or an ECC checkpoint trained on the source domain")
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--domain", default="dusk", help="target domain of the synthetic generator")
     p.add_argument("--train", type=int, default=None, help="unlabeled target images (default: the preset's train)")
     p.add_argument("--epochs", type=int, default=10, help="label-free adapt epochs")
+    p.add_argument("--record", default=None, help="also write the JSON here (e.g. docs/benchmarks/label_free.json)")
     p.add_argument("--hyp", nargs="*", default=["optimizer=AdamW", "lr0=0.002"], help="extra train key=value")
     opt = p.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -49,20 +52,21 @@ def main(argv: list[str] | None = None) -> Path:
     stages = Stages(out)
     common = [f"imgsz={imgsz}", f"batch={batch}", f"device={preset['device']}"]
     mix = [f"mix={list(preset['mix'])}".replace(" ", "")] if preset["mix"] else []
+    gen = [f"version={preset['generator']}"]  # the generator the model was trained on
 
     target = out / "target"
     stages.run("target", ["synth", f"out={target}", f"train={n_train}", "val=0", f"imgsz={imgsz}",
-                          f"seed={target_seed}", f"domain={opt.domain}", *mix], target / "data.yaml")
+                          f"seed={target_seed}", f"domain={opt.domain}", *mix, *gen], target / "data.yaml")
     for unlabeled in (target / "labels", target / "annotations"):  # images only: the labels never existed
         shutil.rmtree(unlabeled, ignore_errors=True)
     heldout, source = out / "target-heldout", out / "source"
-    stages.run("target-heldout", ["synth", f"out={heldout}", "train=0", f"val={preset['heldout']}", f"imgsz={imgsz}",
-                                  f"seed={HELDOUT_SEED}", f"domain={opt.domain}", *mix], heldout / "data.yaml")
+    stages.run("target-heldout", ["synth", f"out={heldout}", "train=0", f"val={preset['test']}", f"imgsz={imgsz}",
+                                  f"seed={preset['test_seed']}", f"domain={opt.domain}", *mix, *gen], heldout / "data.yaml")
     stages.run("source", ["synth", f"out={source}", "train=0", f"val={preset['val']}", f"imgsz={imgsz}",
                           f"seed={TRAIN_SEED}", *mix], source / "data.yaml")
     source_heldout = out / "source-heldout"
-    stages.run("source-heldout", ["synth", f"out={source_heldout}", "train=0", f"val={preset['heldout']}",
-                                  f"imgsz={imgsz}", f"seed={HELDOUT_SEED}", *mix], source_heldout / "data.yaml")
+    stages.run("source-heldout", ["synth", f"out={source_heldout}", "train=0", f"val={preset['test']}",
+                                  f"imgsz={imgsz}", f"seed={preset['test_seed']}", *mix, *gen], source_heldout / "data.yaml")
     data = out / "adapt.yaml"  # train: unlabeled target images; val: the labelled source split (a report only)
     names = YAML.load(source / "data.yaml")["names"]
     YAML.save(data, {"path": str(out), "train": str(target / "images" / "train"),
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> Path:
               "commands": stages.log}
     path = out / "label_free.json"
     path.write_text(json.dumps(result, indent=2))
+    if opt.record:
+        Path(opt.record).parent.mkdir(parents=True, exist_ok=True)
+        Path(opt.record).write_text(json.dumps(result, indent=2))
     lines = ["| held-out split | adapters | edge | adapted | cloud | adapted / cloud |", "|---|---|---|---|---|---|"]
     for split, rows in (("target (" + opt.domain + ")", (before, after)), ("source", (source_before, source_after))):
         for label, r in zip(("source-trained", "label-free adapted"), rows):

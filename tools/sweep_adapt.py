@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Measure what moves the adapted route: `stage=adapt` variants trained from one zoo run's edge stage, each then
-evaluated on that run's held-out split with `ecc-yolo val`. Resumable like the zoo pipeline (finished variants are
+evaluated on that run's validation split with `ecc-yolo val` (a sweep chooses settings, so it never sees the
+test split). Resumable like the zoo pipeline (finished variants are
 skipped, an interrupted one resumes).
 
     python tools/sweep_adapt.py --zoo runs/zoo/ecc-synth-q-n-160 --out runs/sweep/adapt \\
         --variant base: --variant det1:det=1.0 --variant kd0:kd=0 --variant long:epochs=40
 
 A variant is `name:key=value,key=value` (any `ecc-yolo train` argument; empty after the colon = the pipeline's own
-adapt settings). Writes <out>/sweep.md and <out>/sweep.json: per variant the held-out mAP50-95 of the edge, the
+adapt settings). Writes <out>/sweep.md and <out>/sweep.json (and, with --record, a copy of the JSON in the
+repository, e.g. docs/benchmarks/sweep_adapt.json): per variant the validation mAP50-95 of the edge, the
 adapted route and the cloud, the adapted/cloud ratio, the adapt stage's curve and its wall time.
 """
 
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--zoo", required=True, help="output folder of a tools/train_zoo.py run (its edge stage is used)")
     p.add_argument("--out", required=True, help="sweep folder")
     p.add_argument("--preset", default="cpu", help="the zoo run's preset (image size, batch, adapt epochs)")
+    p.add_argument("--record", default=None, help="also write sweep.json here (e.g. docs/benchmarks/)")
     p.add_argument("--variant", action="append", type=parse_variant, required=True)
     opt = p.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> Path:
                                   f"seed={TRAIN_SEED}", *args], run_dir / "weights" / "best.pt", run_dir=run_dir)
         val_dir = out / "val" / name
         stages.run(f"{name}-val", ["val", f"model={run_dir / 'weights' / 'best.pt'}",
-                                   f"data={zoo / 'heldout' / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
+                                   f"data={zoo / 'data' / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
                                    "device=cpu", f"project={out / 'val'}", f"name={name}", "exist_ok=True"],
                    val_dir / "summary.json", needs=(name,))
         summary = json.loads((val_dir / "summary.json").read_text())
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> Path:
                      "adapt_curve": train["metrics"].get("curve_map50_95"), "adapt_seconds": train["seconds"]})
     path = out / "sweep.json"
     path.write_text(json.dumps(rows, indent=2))
+    if opt.record:
+        Path(opt.record).parent.mkdir(parents=True, exist_ok=True)
+        Path(opt.record).write_text(json.dumps(rows, indent=2))
     lines = ["| variant | overrides | edge | adapted | cloud | adapted / cloud | adapt wall (s) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | `{' '.join(r['overrides'])}` | {r['edge_map50_95']:.3f} | {r['adapted_map50_95']:.3f} | "
               f"{r['cloud_map50_95']:.3f} | {r['adapted_over_cloud']:.3f} | {r['adapt_seconds']:.0f} |" for r in rows]
