@@ -51,6 +51,11 @@ MAX_SIDE = 16384  # pixels, for image and input sizes
 MAX_VALUES = 1 << 26  # per tensor: guards allocation before anything is decompressed
 MAX_IMAGE_PIXELS = 1 << 24  # 16.8 Mpx (4096 x 4096): a 4K UHD frame is 8.3 Mpx
 MAX_LATENT = 65504.0  # largest |reconstructed latent| (float16's max): a crafted scale cannot overflow the cloud
+# The JPEG quality the device sends a frame at (route=cloud, ECC_I, ECC_D+'s image frames), and what the benchmark
+# bills and evaluates those frames at. Chosen from the codec's rate curve (`ecc_yolo.eval.rate.choose_quality`: the
+# cheapest quality within 0.01 mAP50-95 of the cloud on the frame's own pixels) on the v2 zoo's validation split:
+# q30, 1,770 B per 160-px frame (tools/choose_jpeg_quality.py, docs/benchmarks/jpeg_quality_choice.json).
+JPEG_QUALITY = 30
 
 _HEADER = struct.Struct("<4sHBB16s4HB3sII")
 _RECORD = struct.Struct("<HBBHHHH")
@@ -274,8 +279,9 @@ def _decode_features(data, expected_fingerprint, expected_shapes, max_bytes) -> 
     return FeaturePayload(fingerprint, (ih, iw), (nh, nw), tuple(tensors))
 
 
-def encode_jpeg(image_bgr: np.ndarray, quality: int = 90) -> bytes:
-    """JPEG bytes of a BGR frame (what ECC_I sends)."""
+def encode_jpeg(image_bgr: np.ndarray, quality: int | None = None) -> bytes:
+    """JPEG bytes of a BGR frame (what ECC_I sends), at `quality` (default JPEG_QUALITY)."""
+    quality = JPEG_QUALITY if quality is None else quality
     ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError("JPEG encoding failed")
@@ -395,3 +401,27 @@ def image_size(data: bytes | bytearray | memoryview) -> tuple[int, int]:
                 raise PayloadError("JPEG scan before its frame header (SOF)")
             return frame
         pos += 2 + length
+
+
+def transmit(frame: np.ndarray, codec: str, quality: int, scale: float) -> tuple[np.ndarray, int]:
+    """What the cloud receives for a letterboxed BGR frame sent as `codec` at `quality` and `scale`.
+
+    Returns:
+        the decoded frame, at the frame's own size (enlarged back with INTER_LINEAR when scale < 1), and the
+        payload's size in bytes.
+    """
+    h, w = frame.shape[:2]
+    small = frame
+    if scale != 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 sizes are (width, height)
+        small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    data = encode_image(small, codec, quality)
+    if codec == "jpeg":
+        decoded = decode_image(data)  # what the server accepts and decodes
+    else:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if decoded is None:
+            raise PayloadError(f"{codec} payload could not be decoded")
+    if decoded.shape[:2] != (h, w):
+        decoded = cv2.resize(decoded, (w, h), interpolation=cv2.INTER_LINEAR)
+    return decoded, len(data)

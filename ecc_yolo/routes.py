@@ -23,6 +23,10 @@ CLOUD = "cloud"
 ADAPTED = "adapted"
 EXTENSION = "extension"
 FALLBACK = "fallback"  # stream client: offloaded, but answered by the edge (the cloud was slow or down)
+# Evaluation only: the full cloud on the decoded JPEG the device sends (ecc_yolo.codec.JPEG_QUALITY). `cloud` stays the
+# cloud on the frame's own pixels (its ceiling); a frame a router sends to the cloud is answered as its JPEG is.
+CLOUD_JPEG = "cloud_jpeg"
+ANSWERED_AS = {CLOUD: CLOUD_JPEG}  # route a router chooses -> the evaluated detections that answer it
 
 ROUTES = (EDGE, CLOUD, ADAPTED)  # what every ECC model can run
 MULTI_EXIT_ROUTES = (*ROUTES, EXTENSION)  # a model with an extension block adds its extension exit

@@ -92,3 +92,14 @@ def resolve(name: str) -> Path:
             f"corrupted or was replaced; reinstall the package or retrain with tools/train_zoo.py"
         )
     return checkpoint
+
+
+def generator_version(name: str) -> str:
+    """The synthetic generator version zoo entry `name` was trained on (its manifest), or the generator's default
+    for a checkpoint path or an entry without one."""
+    from ecc_yolo.data.synthetic import GENERATOR_VERSION
+
+    manifest = zoo_dir() / f"{name}.json"
+    if not is_zoo_name(name) or not manifest.is_file():
+        return GENERATOR_VERSION
+    return str(json.loads(manifest.read_text()).get("generator", {}).get("version", GENERATOR_VERSION))

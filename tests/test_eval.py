@@ -171,12 +171,13 @@ def test_router_sweep_endpoints_costs_and_oracle(tmp_path):
     edge, cloud, adapted = (ev.route_map(r)[0] for r in ("edge", "cloud", "adapted"))
     for router in ("ECC_D", "ECC_I", "ECC_D+", "oracle_D", "random_D"):
         assert curves[router][0].map == pytest.approx(edge)  # offload ratio 0 = edge only
-        assert curves[router][0].bytes == 0 and curves[router][0].cloud_gflops == 0
+        assert curves[router][0].bytes_per_frame == 0 and curves[router][0].cloud_gflops == 0
     assert curves["ECC_I"][-1].map == pytest.approx(cloud)  # ratio 1 with ECC_I = the cloud
     assert curves["ECC_D"][-1].map == pytest.approx(adapted) == pytest.approx(curves["ECC_A"][0].map)
     last = curves["ECC_D"][-1]
-    assert last.bytes == 2000 and last.cloud_gflops == pytest.approx(3.0) and last.device_gflops == pytest.approx(1.011)
-    assert curves["ECC_I"][-1].bytes == 10000 and curves["ECC_I"][-1].cloud_gflops == pytest.approx(6.0)
+    assert last.bytes_per_frame == 2000 and last.bytes_per_offloaded_frame == 2000
+    assert last.cloud_gflops == pytest.approx(3.0) and last.device_gflops == pytest.approx(1.011)
+    assert curves["ECC_I"][-1].bytes_per_frame == 10000 and curves["ECC_I"][-1].cloud_gflops == pytest.approx(6.0)
     for router, oracle in (("ECC_D", "oracle_D"), ("ECC_I", "oracle_I"), ("random_D", "oracle_D")):
         assert all(o.map >= r.map - 1e-9 for o, r in zip(curves[oracle], curves[router]))
     assert auc(curves["oracle_D"]) > auc(curves["random_D"])
@@ -233,9 +234,11 @@ def test_benchmark_script_on_a_coco_layout_with_official_style_checkpoints(coco_
     r = _bench(*args)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("images", "edge_map", "cloud_map", "adapted_map", "adapted_gflops_ratio", "ecc_d_auc_vs_oracle",
-                "ecc_d_offload_at_99pct_cloud", "ecc_d_bytes_ratio", "ecc_d_plus_auc_vs_oracle",
-                "ecc_d_plus_offload_at_99pct_cloud", "ecc_d_plus_bytes_ratio"):
+    for key in ("images", "edge_map", "cloud_map", "adapted_map", "adapted_cloud_gflops_share_of_cloud",
+                "adapted_end_to_end_gflops_share_of_cloud", "ecc_d_normalised_score", "ecc_d_raw_auc_vs_oracle",
+                "ecc_d_offload_at_99pct_cloud", "ecc_d_bytes_per_offloaded_frame", "ecc_d_bytes_per_frame",
+                "ecc_d_plus_normalised_score", "ecc_d_plus_offload_at_99pct_cloud",
+                "ecc_d_plus_bytes_per_offloaded_frame"):
         assert key in summary
     assert summary["images"] == 16 and 0 <= summary["cloud_map"] <= 1
     for name in ("curve.csv", "summary.md", "map_vs_offload.png", "map_vs_gflops.png", "map_vs_kb.png", "pareto.png"):
@@ -341,15 +344,26 @@ def test_training_validation_and_the_benchmark_report_the_same_map(tiny_zoo, tmp
 def test_the_headline_goals_are_judged_from_the_summary():
     from ecc_yolo.eval.benchmark import goals
 
-    summary = {"adapted_gflops_ratio": 0.55, "adapted_map": 0.39, "cloud_map": 0.40,
+    def est(value, lo, hi):
+        return {"value": value, "ci": [lo, hi]}
+
+    summary = {"adapted_share_of_cloud_map": est(0.975, 0.96, 0.99), "adapted_end_to_end_gflops_share_of_cloud": 0.55,
                "ecc_d_offload_at_99pct_cloud": 0.6, "ecc_d_plus_offload_at_99pct_cloud": 0.45,
-               "ecc_d_auc_vs_oracle": 0.95, "ecc_d_plus_auc_vs_oracle": 0.80, "ecc_i_auc_vs_oracle": 0.95,
-               "ecc_d_gain_share_at_0.2": 0.5, "ecc_d_plus_gain_share_at_0.2": 0.9, "ecc_i_gain_share_at_0.2": 0.75,
-               "ecc_d_bytes_ratio": 0.08,
-               "meanet": {"ratios_at_least_ecc_d": 0.85, "extension_share_in_sweep": 0.0}}
-    met = list(goals(summary, 0.99).values())
-    assert met == [True, True, True, True, False]  # 5: the extension exit is never used
+               "ecc_d_normalised_score": est(0.9, 0.8, 1.0), "ecc_d_plus_normalised_score": est(0.5, 0.3, 0.7),
+               "ecc_i_normalised_score": est(0.85, 0.7, 0.95), "ecc_d_gain_share_vs_oracle_at_0.2": est(0.5, 0.4, 0.6),
+               "ecc_d_plus_gain_share_vs_oracle_at_0.2": est(0.9, 0.8, 1.0),
+               "ecc_i_gain_share_vs_oracle_at_0.2": est(0.85, 0.7, 0.9),
+               "ecc_d_bytes_per_offloaded_frame_share_of_jpeg": est(0.08, 0.07, 0.09),
+               "meanet": {"extension_share_in_sweep": 0.0,
+                          "at_equal_total_gflops": {"ratios_at_least_ecc_d": 0.85,
+                                                    "mean_difference": est(0.01, 0, 0.02)}}}
+    judged = goals(summary, 0.99)
+    assert [g["met"] for g in judged.values()] == [True, True, True, True, False]  # 5: the extension is never used
+    for g in judged.values():
+        assert {"met", "value", "ci", "threshold", "checks"} <= set(g)
+    assert list(judged.values())[2]["value"] == 0.85 and list(judged.values())[2]["ci"] == [0.7, 0.95]  # ECC_I
     summary["meanet"]["extension_share_in_sweep"] = 0.1
-    summary.update(adapted_map=0.37, ecc_d_plus_offload_at_99pct_cloud=None, **{"ecc_i_gain_share_at_0.2": 0.6},
-                   ecc_d_bytes_ratio=0.2)
-    assert list(goals(summary, 0.99).values()) == [False, False, False, False, True]
+    summary.update(adapted_share_of_cloud_map=est(0.925, 0.9, 0.95), ecc_d_plus_offload_at_99pct_cloud=None,
+                   ecc_i_normalised_score=est(0.6, 0.5, 0.7),
+                   ecc_d_bytes_per_offloaded_frame_share_of_jpeg=est(0.2, 0.18, 0.22))
+    assert [g["met"] for g in goals(summary, 0.99).values()] == [False, False, False, False, True]

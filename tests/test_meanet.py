@@ -82,7 +82,8 @@ def test_costs_are_counted_exit_by_exit(meanet):
     point = sweep.point("MEANet", exits_to_routes(three_exit_choice(logits)), 1 / 6)
     assert point.extension_share == pytest.approx(0.5) and point.adapted_share == pytest.approx(1 / 6)
     assert point.device_gflops == pytest.approx(1.0 + 0.01 + 0.02 + 0.5 * 0.5 + 0.1 / 6)
-    assert point.cloud_gflops == pytest.approx(3.0 / 6) and point.bytes == pytest.approx(1000 / 6)
+    assert point.cloud_gflops == pytest.approx(3.0 / 6) and point.bytes_per_frame == pytest.approx(1000 / 6)
+    assert point.bytes_per_offloaded_frame == pytest.approx(1000)
 
 
 def test_a_frame_stopped_at_the_main_exit_runs_neither_the_extension_nor_the_cloud(tmp_path):

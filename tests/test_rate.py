@@ -140,8 +140,10 @@ def test_quality_90_decoded_frames_give_the_cloud_on_pixels_answers(easy_frames,
     assert _matched_fraction(pixels, point.detections) >= 0.9
 
     # the same checks fail for a decode that mirrors the frame
-    real_decode = rate.decode_image
-    monkeypatch.setattr(rate, "decode_image", lambda data: np.ascontiguousarray(real_decode(data)[::-1]))
+    from ecc_yolo import codec
+
+    real_decode = codec.decode_image
+    monkeypatch.setattr(codec, "decode_image", lambda data: np.ascontiguousarray(real_decode(data)[::-1]))
     broken = q90()
     assert abs(broken.map - pixel_map) >= 0.02
     assert _matched_fraction(pixels, broken.detections) < 0.9

@@ -52,6 +52,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=0.99, help="share of the cloud's mAP to reach")
     p.add_argument("--out", default=None, help="run folder (default runs/bench/<model>-<data>)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="image resamples for the 95%% intervals (0: none; 1000 take a few minutes on 300 images)")
+    p.add_argument("--no-rate", action="store_true", help="skip the image codec's rate curve (cloud on JPEG/WebP)")
+    p.add_argument("--generator", default=None,
+                   help="synthetic preset: generator version (default: the zoo model's own, from its manifest)")
     opt = p.parse_args(argv)
     if sum(x is not None for x in (opt.data, opt.coco, opt.preset)) != 1:
         p.error("give exactly one of --data, --coco, --preset")
@@ -81,14 +86,16 @@ def main(argv: list[str] | None = None) -> dict:
         if opt.preset:
             from ecc_yolo.data.synthetic import generate_dataset
 
-            data = generate_dataset(Path.cwd() / "datasets" / f"synth-eval-{opt.seed}-{opt.images}-{imgsz}", train=0,
-                                    val=opt.images, imgsz=imgsz, seed=opt.seed)
+            version = opt.generator or zoo.generator_version(opt.model or zoo.DEFAULT_MODEL)
+            data = generate_dataset(Path.cwd() / "datasets" / f"synth{version}-eval-{opt.seed}-{opt.images}-{imgsz}",
+                                    train=0, val=opt.images, imgsz=imgsz, seed=opt.seed, version=version)
         else:
             data = opt.data or opt.coco
         stem = Path(str(data)).parent.name if str(data).endswith((".yaml", ".yml")) else Path(str(data)).name
         out = Path(opt.out or Path.cwd() / "runs" / "bench" / f"{ecc.model.spec.name}-{stem}")
         summary = evaluate(ecc.model, data, out, imgsz=imgsz, batch=opt.batch, device=opt.device,
-                           max_images=opt.max_images, target=opt.target, plots=not opt.no_plots)
+                           max_images=opt.max_images, target=opt.target, plots=not opt.no_plots,
+                           bootstrap=opt.bootstrap, rate=not opt.no_rate)
     except (DatasetError, FileNotFoundError) as e:  # includes a zoo model this build does not ship
         sys.exit(f"benchmark_coco: error: {e}")
     print((out / "summary.md").read_text())

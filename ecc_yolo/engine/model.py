@@ -149,5 +149,6 @@ class ECC(Model):
         out = get_save_dir(args)
         imgsz = args.imgsz if isinstance(args.imgsz, int) else max(args.imgsz)
         self.metrics = evaluate(self.model, args.data, out, imgsz=imgsz, batch=args.batch, device=args.device,
-                                max_images=args.max_images, plots=args.plots)
+                                max_images=args.max_images, plots=args.plots, bootstrap=args.bootstrap,
+                                rate=args.rate_curve)
         return self.metrics

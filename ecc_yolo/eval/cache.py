@@ -1,9 +1,11 @@
 """Run every route of an ECC model once over an evaluation dataset and keep what evaluation needs.
 
 Per image: the detections of the edge, the adapted route and the full cloud (and the extension exit of a multi-exit
-edge), in original image pixels, the gate's predicted gains (and the exit router's logits), and the exact sizes of the two payloads the device could send (the feature payload, encoded with
-the real codec, and the letterboxed frame's JPEG at quality 90). Saved to `cache.npz` + `cache.json` in the run
-folder; sweeping routers and thresholds afterwards reads only the cache.
+edge), in original image pixels, the gate's predicted gains (and the exit router's logits), and the exact sizes of
+the two payloads the device could send (the feature payload, encoded with the real codec, and the letterboxed frame's
+JPEG at `ecc_yolo.codec.JPEG_QUALITY`), and the cloud's detections on that JPEG once decoded (route `cloud_jpeg`:
+what an offloaded image really gets). Saved to `cache.npz` + `cache.json` in the run folder; sweeping routers and
+thresholds afterwards reads only the cache.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import TQDM
 
-from ecc_yolo.codec import encode_features, encode_jpeg
-from ecc_yolo.costs import JPEG_QUALITY, ecc_costs
+from ecc_yolo.codec import JPEG_QUALITY, encode_features, transmit
+from ecc_yolo.costs import ecc_costs
 from ecc_yolo.eval.dataset import EvalDataset
 from ecc_yolo.infer import VALIDATION_NMS, detections, input_tensor, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel
-from ecc_yolo.routes import ADAPTED, CLOUD, EDGE, EXTENSION
+from ecc_yolo.routes import ADAPTED, CLOUD, CLOUD_JPEG, EDGE, EXTENSION
 
 EVAL_NMS = VALIDATION_NMS  # what the cache records it was made with
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -86,6 +88,7 @@ def cache_meta(model: ECCModel, dataset: EvalDataset, imgsz: int) -> dict[str, A
         "images": len(dataset),
         "imgsz": imgsz,
         "nms": EVAL_NMS,
+        "jpeg_quality": JPEG_QUALITY,
     }
 
 
@@ -109,7 +112,7 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
     letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
     end2end = route_end2end(model)
     keep = model.device_layers
-    found: dict[str, list[np.ndarray]] = {r: [] for r in model.routes}
+    found: dict[str, list[np.ndarray]] = {r: [] for r in (*model.routes, CLOUD_JPEG)}
     gate, router, feature_bytes, jpeg_bytes = [], [], [], []
     starts = range(0, len(dataset), batch)
     bar = TQDM(starts, total=len(starts), desc="running edge, adapted and cloud routes") if progress else starts
@@ -119,7 +122,9 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
         frames = [letterbox(image=im) for im in originals]
         x = input_tensor(frames, device)
         edge_out, feats = model.edge_forward(x, keep=keep)
-        outputs = {EDGE: edge_out, ADAPTED: model.adapted_tail(model.adapt(feats)), CLOUD: model.cloud_forward(x)}
+        sent = [transmit(frame, "jpeg", JPEG_QUALITY, 1.0) for frame in frames]  # (decoded frame, bytes)
+        outputs = {EDGE: edge_out, ADAPTED: model.adapted_tail(model.adapt(feats)), CLOUD: model.cloud_forward(x),
+                   CLOUD_JPEG: model.cloud_forward(input_tensor([decoded for decoded, _ in sent], device))}
         gate.append(model.gate_scores(feats, edge_out).float().cpu().numpy())
         if model.extension is not None:
             outputs[EXTENSION] = model.extension_forward(feats)
@@ -127,10 +132,11 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
         payloads = model.payloads_from_features(feats, (0, 0), (imgsz, imgsz), fingerprint)
         shapes = [im.shape[:2] for im in originals]
         for route, out in outputs.items():
-            found[route] += [d.cpu().numpy() for d in detections(out, end2end[route], EVAL_NMS, (imgsz, imgsz), shapes)]
-        for payload, frame, im in zip(payloads, frames, originals):
+            head = end2end[CLOUD if route == CLOUD_JPEG else route]
+            found[route] += [d.cpu().numpy() for d in detections(out, head, EVAL_NMS, (imgsz, imgsz), shapes)]
+        for payload, (_, n_bytes), im in zip(payloads, sent, originals):
             feature_bytes.append(len(encode_features(replace(payload, image_shape=tuple(im.shape[:2])))))
-            jpeg_bytes.append(len(encode_jpeg(frame, JPEG_QUALITY)))
+            jpeg_bytes.append(n_bytes)
     return RouteCache(
         detections=found,
         gate=np.concatenate(gate) if gate else np.zeros((0, 2), np.float32),

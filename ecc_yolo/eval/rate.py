@@ -30,7 +30,7 @@ import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import TQDM
 
-from ecc_yolo.codec import IMAGE_CODECS, PayloadError, decode_image, encode_image, image_codec_available
+from ecc_yolo.codec import IMAGE_CODECS, image_codec_available, transmit
 from ecc_yolo.eval.cache import EVAL_NMS
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import EvalDataset
@@ -89,30 +89,6 @@ class RatePoint:
 def setting_key(codec: str, quality: int, scale: float) -> str:
     """A name for a transmission setting, e.g. "jpeg-q50-s0.75"."""
     return f"{codec}-q{int(quality)}-s{float(scale):.2f}"
-
-
-def transmit(frame: np.ndarray, codec: str, quality: int, scale: float) -> tuple[np.ndarray, int]:
-    """What the cloud receives for a letterboxed BGR frame sent as `codec` at `quality` and `scale`.
-
-    Returns:
-        the decoded frame, at the frame's own size (enlarged back with INTER_LINEAR when scale < 1), and the
-        payload's size in bytes.
-    """
-    h, w = frame.shape[:2]
-    small = frame
-    if scale != 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 sizes are (width, height)
-        small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-    data = encode_image(small, codec, quality)
-    if codec == "jpeg":
-        decoded = decode_image(data)  # what the server accepts and decodes
-    else:
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if decoded is None:
-            raise PayloadError(f"{codec} payload could not be decoded")
-    if decoded.shape[:2] != (h, w):
-        decoded = cv2.resize(decoded, (w, h), interpolation=cv2.INTER_LINEAR)
-    return decoded, len(data)
 
 
 @torch.no_grad()

@@ -16,9 +16,12 @@ STYLE = {  # router -> (colour, line style, label)
     "ECC_D": ("tab:blue", "-", "ECC_D (gate, adapted features)"),
     "ECC_D+": ("tab:purple", "-", "ECC_D+ (gate, features or JPEG)"),
     "ECC_I": ("tab:orange", "-", "ECC_I (gate, JPEG to full cloud)"),
-    "oracle_D": ("tab:blue", ":", "oracle (adapted)"),
-    "oracle_D+": ("tab:purple", ":", "oracle (three-way)"),
-    "oracle_I": ("tab:orange", ":", "oracle (full cloud)"),
+    "oracle_D": ("tab:blue", ":", "greedy oracle (adapted)"),
+    "oracle_D+": ("tab:purple", ":", "greedy oracle (three-way)"),
+    "oracle_I": ("tab:orange", ":", "greedy oracle (full cloud)"),
+    "best_oracle_D": ("tab:blue", "-.", "best oracle (adapted)"),
+    "best_oracle_D+": ("tab:purple", "-.", "best oracle (three-way)"),
+    "best_oracle_I": ("tab:orange", "-.", "best oracle (full cloud)"),
     "random_D": ("tab:blue", "--", "random (adapted)"),
     "random_I": ("tab:orange", "--", "random (full cloud)"),
     "MEANet": ("tab:green", "-", "MEANet three exits (router)"),
@@ -45,39 +48,68 @@ def _fmt(v: Any) -> str:
         return "never"
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, dict) and "value" in v:  # an estimate: "0.342 [0.326, 0.358]"
+        ci = v.get("ci")
+        return _fmt(v["value"]) + ("" if not ci or ci[0] is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """The summary as markdown tables."""
+    """The summary as markdown tables; figures with a bootstrap interval read "value [lo, hi]" (95%)."""
+    boot = summary.get("bootstrap", {})
     lines = [
-        f"Images: {summary['images']} ({summary['data']}), imgsz {summary['imgsz']}",
+        f"Images: {summary['images']} ({summary['data']}), imgsz {summary['imgsz']}; intervals: 95% percentile "
+        f"bootstrap over images, {boot.get('resamples', 0)} resamples (paired across figures).",
         "",
         "| route | mAP50-95 | mAP50 |",
         "|---|---|---|",
     ]
     for route in (*DEVICE_ROUTES, ADAPTED, CLOUD):  # the device's routes first
         if f"{route}_map" in summary:
-            lines.append(f"| {route} | {summary[f'{route}_map']:.3f} | {summary[f'{route}_map50']:.3f} |")
-    lines += ["", f"Adapted route in the cloud: {summary['adapted_gflops_ratio']:.3f} of the full cloud's GFLOPs.", ""]
-    lines += ["| router | AUC / oracle | offload at 99% of cloud | bytes / JPEG at operating point "
-              "| device GFLOPs | cloud GFLOPs |", "|---|---|---|---|---|---|"]
+            estimate = {"value": summary[f"{route}_map"], "ci": summary.get(f"{route}_map_ci")}
+            lines.append(f"| {route} | {_fmt(estimate)} | {summary[f'{route}_map50']:.3f} |")
+    lines += ["", "| difference (paired) | mAP50-95 |", "|---|---|"]
+    lines += [f"| {name} | {_fmt(v)} |" for name, v in summary.get("route_differences", {}).items()]
+    lines += ["", f"Adapted route: cloud part alone {summary['adapted_cloud_gflops_share_of_cloud']:.3f} of the full "
+              f"cloud's GFLOPs; end to end (edge + encoders + cloud part) "
+              f"{summary['adapted_end_to_end_gflops_share_of_cloud']:.3f}; mAP "
+              f"{_fmt(summary['adapted_share_of_cloud_map'])} of the cloud's.", ""]
+    lines += [f"Oracles: {summary.get('oracles', '')}", ""]
+    shares = [f"gain_share_at_{r:g}" for r in (0.1, 0.2, 0.3)]
+    lines += ["| router | normalised score | " + " | ".join(f"gain share at {s.rsplit('_', 1)[1]}" for s in shares)
+              + " | gain share / oracle's at 0.2 | raw AUC / oracle |", "|---|---|---|---|---|---|---|"]
+    for router, figures in summary.get("scores", {}).items():
+        lines.append(f"| {router} | {_fmt(figures.get('normalised_score', '-'))} | "
+                     + " | ".join(_fmt(figures.get(s, "-")) for s in shares)
+                     + f" | {_fmt(figures.get('gain_share_vs_oracle_at_0.2', '-'))} "
+                     f"| {_fmt(figures.get('raw_auc_vs_oracle', '-'))} |")
+    lines += ["", "| router | offload at 99% of cloud | bytes / frame | bytes / offloaded frame "
+              "| / those frames' JPEG | device GFLOPs | cloud GFLOPs | total GFLOPs |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, key in (("ECC_D", "ecc_d"), ("ECC_D+", "ecc_d_plus"), ("ECC_I", "ecc_i")):
         op = summary[f"{key}_operating_point"]
+        per_offloaded = summary[f"{key}_bytes_per_offloaded_frame"]
         lines.append(
-            f"| {name} | {_fmt(summary[f'{key}_auc_vs_oracle'])} | {_fmt(summary[f'{key}_offload_at_99pct_cloud'])} "
-            f"| {_fmt(summary[f'{key}_bytes_ratio'])} | {op['device_gflops']:.2f} | {op['cloud_gflops']:.2f} |"
+            f"| {name} | {_fmt(summary[f'{key}_offload_at_99pct_cloud'])} | {op['bytes_per_frame']:.0f} "
+            f"| {'-' if per_offloaded is None else f'{per_offloaded:.0f}'} "
+            f"| {_fmt(summary[f'{key}_bytes_per_offloaded_frame_share_of_jpeg'])} "
+            f"| {op['device_gflops']:.2f} | {op['cloud_gflops']:.2f} | {op['total_gflops']:.2f} |"
         )
     if summary.get("meanet"):
         m = summary["meanet"]
         own = m["own_decision"]
+        equal = m["at_equal_total_gflops"]
+        shares = "/".join(f"{m['exit_shares'][name]:.2f}" for name in ("main", "extension", "cloud"))
         lines += ["", "Three exits (MEANet router, its own decision): "
-                  f"mAP50-95 {own['map']:.3f}, exits main/extension/cloud "
-                  f"{m['exit_shares']['main']:.2f}/{m['exit_shares']['extension']:.2f}/{m['exit_shares']['cloud']:.2f}, "
-                  f"device GFLOPs {own['device_gflops']:.2f}; at equal offload ratio >= ECC_D on "
-                  f"{m['ratios_at_least_ecc_d']:.0%} of the ratios (mean difference {m['mean_gain_over_ecc_d']:+.3f})."]
+                  f"mAP50-95 {own['map']:.3f}, exits main/extension/cloud {shares}, "
+                  f"device GFLOPs {own['device_gflops']:.2f}. Against ECC_D at equal offload ratio: >= ECC_D on "
+                  f"{m['ratios_at_least_ecc_d']:.0%} of the ratios (mean difference "
+                  f"{_fmt(m['mean_gain_over_ecc_d_at_equal_ratio'])}); at equal total GFLOPs per frame (the extension "
+                  f"exit's device compute counted): >= ECC_D on {equal['ratios_at_least_ecc_d']:.0%} of the points "
+                  f"(mean difference {_fmt(equal['mean_difference'])}, {equal['points_beyond_ecc_d_range']} points "
+                  "beyond ECC_D's compute range, compared with its ratio-1 point)."]
         for key in (k for k in m if k.startswith("confusion")):
             when = "its own decision" if key == "confusion" else f"offload ratio {key.rsplit('_', 1)[1]}"
             lines += ["", f"| generated difficulty ({when}) | main | extension | cloud |", "|---|---|---|---|"]
@@ -89,8 +121,11 @@ def markdown(summary: dict[str, Any]) -> str:
         for level, v in summary["per_difficulty"].items():
             extension = f" | {v['extension']:.3f}" if "extension" in v else ""
             lines.append(f"| {level} | {v['images']} | {v['edge']:.3f} | {v['adapted']:.3f} | {v['cloud']:.3f}{extension} |")
-    lines += ["", "| goal | met |", "|---|---|"]
-    lines += [f"| {goal} | {_fmt(met)} |" for goal, met in summary["goals"].items()]
+    lines += ["", "| goal | met | figure | value | threshold |", "|---|---|---|---|---|"]
+    for goal, g in summary["goals"].items():
+        for i, c in enumerate(g["checks"]):
+            lines.append(f"| {goal if i == 0 else ''} | {_fmt(g['met']) if i == 0 else ''} | {c['figure']} "
+                         f"| {_fmt({'value': c['value'], 'ci': c['ci']})} | {c['rule']} {c['threshold']:g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,35 +151,39 @@ def plot_all(curves: dict[str, list[CurvePoint]], summary: dict[str, Any], folde
     for x_key, x_label, name in (
         ("ratio", "offload ratio", "map_vs_offload.png"),
         ("cloud_gflops", "mean cloud GFLOPs per frame", "map_vs_gflops.png"),
-        ("bytes", "mean KB sent per frame", "map_vs_kb.png"),
+        ("bytes_per_frame", "mean KB sent per frame", "map_vs_kb.png"),
     ):
         fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
         for router, (colour, style, label) in STYLE.items():
             if router not in curves:
                 continue
             pts = curves[router]
-            x = [getattr(p, x_key) / (1000 if x_key == "bytes" else 1) for p in pts]
+            x = [getattr(p, x_key) / (1000 if x_key == "bytes_per_frame" else 1) for p in pts]
             ax.plot(x, [p.map for p in pts], style, color=colour, label=label, linewidth=1.6)
+            if all(p.map_lo is not None for p in pts):  # the 95% bootstrap interval of each point
+                ax.fill_between(x, [p.map_lo for p in pts], [p.map_hi for p in pts], color=colour, alpha=0.12,
+                                linewidth=0)
         ax.axhline(edge, color="grey", linewidth=1, label=f"edge only ({edge:.3f})")
         ax.axhline(cloud, color="black", linewidth=1, label=f"cloud only ({cloud:.3f})")
         ax.axhline(0.99 * cloud, color="black", linewidth=0.8, linestyle=":", label="99% of cloud")
         a = curves["ECC_A"][0]
-        ax.plot([getattr(a, x_key) / (1000 if x_key == "bytes" else 1)], [a.map], "s", color="tab:green",
+        ax.plot([getattr(a, x_key) / (1000 if x_key == "bytes_per_frame" else 1)], [a.map], "s", color="tab:green",
                 label=f"ECC_A ({a.map:.3f})")
         ax.set_xlabel(x_label)
         ax.set_ylabel("mAP50-95")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-        ax.set_title(f"{summary['model']} on {summary['images']} images")
+        ax.set_title(f"{summary['model']} on {summary['images']} images (bands: 95% bootstrap intervals)")
         fig.tight_layout()
         fig.savefig(folder / name)
         plt.close(fig)
         paths.append(folder / name)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=120)
-    configs = [p for router, pts in curves.items() if not router.startswith(("oracle", "random")) for p in pts]
+    configs = [p for router, pts in curves.items()
+               if not router.startswith(("oracle", "refined_oracle", "best_oracle", "random")) for p in pts]
     for ax, (key, label, scale) in zip(axes, (("cloud_gflops", "mean cloud GFLOPs per frame", 1),
-                                              ("bytes", "mean KB sent per frame", 1000))):
+                                              ("bytes_per_frame", "mean KB sent per frame", 1000))):
         ax.scatter([getattr(p, key) / scale for p in configs], [p.map for p in configs], s=12, color="tab:grey",
                    label="evaluated configurations")
         front = pareto_front([(getattr(p, key) / scale, p.map) for p in configs])

@@ -35,7 +35,7 @@ from ultralytics.data.build import load_inference_source
 from ultralytics.engine.results import Results
 from ultralytics.utils import LOGGER, TQDM, ops
 
-from ecc_yolo.codec import encode_features, encode_jpeg
+from ecc_yolo.codec import JPEG_QUALITY, encode_features, encode_jpeg
 from ecc_yolo.edge import EdgeOutputs, EdgeRuntime, TorchEdge, load_edge
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.infer import detections, input_tensor, nms_settings
@@ -69,7 +69,7 @@ class StreamSettings:
     timeout: float = 5.0  # seconds an offloaded frame may take
     max_inflight: int = 4
     budget: Budget | None = None
-    jpeg_quality: int = 90  # route=cloud JPEG quality
+    jpeg_quality: int = JPEG_QUALITY  # route=cloud JPEG quality (ecc_yolo.codec.JPEG_QUALITY)
     backoff: tuple[float, float] = (0.5, 8.0)  # seconds: base and cap of the jittered back-off between probes
 
     @classmethod
