@@ -56,7 +56,8 @@ def load_ecc(path: str | Path, device: torch.device | str | None = None) -> tupl
     if not path.is_file():
         raise FileNotFoundError(f"ECC checkpoint '{path}' not found")
     model, ckpt = load_checkpoint(path, device=device)
-    model = getattr(model, "student_model", model)  # a distillation wrapper saved mid-training
+    wrapper, model = model, getattr(model, "student_model", model)  # a distillation wrapper saved mid-training
+    model.pt_path = getattr(wrapper, "pt_path", str(path))  # Ultralytics attaches the file's path to what it loaded
     if not isinstance(model, ECCModel):
         raise TypeError(
             f"'{path}' holds a {type(model).__name__}, not an ECC model. A plain YOLO checkpoint can be the edge or "

@@ -1,6 +1,6 @@
 """`ecc-yolo demo`: the whole product in one command, on the built-in synthetic data, with no network.
 
-1. the model: the shipped zoo checkpoint (`ecc-synth-q-n-160`, trained on 2 CPU cores by tools/train_zoo.py), or
+1. the model: the shipped zoo checkpoint (`ecc-synth2-q-n-160`, trained on 2 CPU cores by tools/train_zoo.py), or
    `model=`; nothing is trained unless `train=True`;
 2. optionally (`train=True`) a short fine-tune of the adapters and the gate, so that the training stages are seen;
 3. a synthetic evaluation split and a synthetic video whose difficulty changes over time;

@@ -125,4 +125,4 @@ def test_every_readme_block_runs(tmp_path):
         for proc in servers:
             proc.terminate()
             proc.wait(30)
-    assert (tmp_path / "ecc-synth-q-n-160-edge.onnx").is_file()  # a zoo model exports into the current folder
+    assert (tmp_path / "ecc-synth2-q-n-160-edge.onnx").is_file()  # a zoo model exports into the current folder

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Label-free adaptation to a new domain, measured: a zoo model's adapters re-trained on unlabeled target images.
 
-    python tools/adapt_label_free.py --model ecc-synth-q-n-160 --out runs/label-free      # the shipped zoo
+    python tools/adapt_label_free.py --model ecc-synth2-q-n-160 --out runs/label-free      # the shipped zoo
     python tools/adapt_label_free.py --model runs/zoo/ecc-synth-tiny/ecc-synth-tiny.pt --preset tiny --out runs/lf
 
 Steps (each an `ecc-yolo` command, resumable like the zoo pipeline):

@@ -11,7 +11,7 @@ A trained ECC checkpoint or a zoo name on any Ultralytics data YAML:
     python tools/benchmark_coco.py --model runs/ecc/gate/weights/best.pt --data datasets/synth/data.yaml
 
 The synthetic preset: a fresh evaluation split at a seed the zoo never trained on, then the shipped zoo model
-(ecc-synth-q-n-160 unless --model is given), at the image size the model was trained at:
+(ecc-synth2-q-n-160 unless --model is given), at the image size the model was trained at:
     python tools/benchmark_coco.py --preset synthetic [--seed 4242] [--images 500]
 
 Outputs in --out: curve.csv, summary.json, summary.md, map_vs_offload.png, map_vs_gflops.png, map_vs_kb.png,

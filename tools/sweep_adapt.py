@@ -4,7 +4,7 @@ evaluated on that run's validation split with `ecc-yolo val` (a sweep chooses se
 test split). Resumable like the zoo pipeline (finished variants are
 skipped, an interrupted one resumes).
 
-    python tools/sweep_adapt.py --zoo runs/zoo/ecc-synth-q-n-160 --out runs/sweep/adapt \\
+    python tools/sweep_adapt.py --zoo runs/zoo/ecc-synth2-q-n-160 --out runs/sweep/adapt \\
         --variant base: --variant det1:det=1.0 --variant kd0:kd=0 --variant long:epochs=40
 
 A variant is `name:key=value,key=value` (any `ecc-yolo train` argument; empty after the colon = the pipeline's own
