@@ -316,13 +316,13 @@ def test_fast_map_on_an_image_subset_and_chunked_gains_equal_pycocotools(tmp_pat
 def test_training_validation_and_the_benchmark_report_the_same_map(tiny_zoo, tmp_path):
     """Training-time validation (`ECCValidator`) and `ecc-yolo val` score the same images with one mAP: every route
     and ECC_D at the operating offload ratio agree within 0.002. The benchmark is the zoo pipeline's own
-    `ecc-yolo val model=ecc-synth-tiny.pt data=heldout/data.yaml imgsz=128 batch=16` (runs/heldout_val)."""
+    `ecc-yolo val model=ecc-synth-tiny.pt data=test/data.yaml imgsz=128 batch=16` (runs/test_val)."""
     import csv
 
     from ecc_yolo.engine.validator import ECCValidator
 
-    ckpt, data = tiny_zoo / "ecc-synth-tiny.pt", tiny_zoo / "heldout" / "data.yaml"
-    bench = tiny_zoo / "runs" / "heldout_val"
+    ckpt, data = tiny_zoo / "ecc-synth-tiny.pt", tiny_zoo / "test" / "data.yaml"
+    bench = tiny_zoo / "runs" / "test_val"
     v = ECCValidator(args=dict(model=str(ckpt), data=str(data), imgsz=128, batch=16, plots=False, stage="gate",
                                offload=0.3, device="cpu", project=str(tmp_path), name="val", exist_ok=True))
     v(model=str(ckpt))

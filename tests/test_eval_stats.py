@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def _cache(dataset: EvalDataset, seed: int = 0) -> RouteCache:
 
 def _pycocotools_map(dataset: EvalDataset, detections: list[np.ndarray]) -> float:
     gt = COCO()
-    gt.dataset = dataset.coco
+    gt.dataset = deepcopy(dataset.coco)  # COCOeval marks the annotations it reads ("ignore")
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
         res = [{"image_id": i, "category_id": int(d[5]) + 1, "bbox": [float(d[0]), float(d[1]),
@@ -207,3 +208,25 @@ def test_summary_and_goals_carry_value_interval_and_threshold(swept):
     op = summary["ecc_d_operating_point"]
     if op["bytes_per_offloaded_frame"] is not None:
         assert op["bytes_per_frame"] == pytest.approx(op["bytes_per_offloaded_frame"] * op["adapted_share"])
+
+
+def test_paired_route_difference_of_two_models_is_zero_for_itself_and_negative_for_a_worse_route():
+    from ecc_yolo.eval.compare import paired_route_difference
+
+    dataset = _dataset(60)
+    reference = _cache(dataset)
+    reference.meta = {"dataset": dataset.fingerprint()}
+    worse = RouteCache({"adapted": _detections(dataset, 3, 12, 0.45, 3)}, reference.gate, reference.feature_bytes,
+                       reference.jpeg_bytes, reference.costs, {"dataset": dataset.fingerprint()})
+    boot = Bootstrap(len(dataset), 200, seed=1)
+    same = paired_route_difference(dataset, reference, reference, "adapted", boot)
+    assert same["variant_minus_reference"] == {"value": 0.0, "ci": [0.0, 0.0]}
+    assert same["reference"]["value"] == pytest.approx(_pycocotools_map(dataset, reference.detections["adapted"]))
+    diff = paired_route_difference(dataset, reference, worse, "adapted", boot)["variant_minus_reference"]
+    lo, hi = diff["ci"]
+    assert lo <= diff["value"] <= hi < 0  # clearly worse: the whole interval is below zero
+    with pytest.raises(ValueError, match="no route 'edge'"):
+        paired_route_difference(dataset, reference, worse, "edge", boot)
+    worse.meta = {"dataset": "other images"}
+    with pytest.raises(ValueError, match="other images"):
+        paired_route_difference(dataset, reference, worse, "adapted", boot)

@@ -18,6 +18,7 @@ from ecc_yolo.checkpoint import load_ecc
 from ecc_yolo.data.synthetic import DOMAINS, generate_dataset, render_frame
 from ecc_yolo.engine.model import ECC
 from ecc_yolo.infer import input_tensor
+from ecc_yolo.zoo_pipeline import PRESETS
 
 TINY = str(CFG_DIR / "ecc-tiny-11.yaml")
 
@@ -97,7 +98,7 @@ def test_label_free_adaptation_moves_the_adapted_route_towards_the_cloud_on_the_
     """From the tiny zoo's source-trained model: adapting on unlabeled dusk images lowers the feature-matching
     distance to the cloud on held-out dusk images it never saw (the objective that needs no labels)."""
     target = generate_dataset(tmp_path / "target", train=128, val=32, imgsz=128, seed=1, domain="dusk",
-                              progress=False)
+                              progress=False, version=PRESETS["tiny"]["generator"])  # the tiny zoo's source data
     shutil.rmtree(tmp_path / "target" / "labels" / "train")
     ckpt = tiny_zoo / "ecc-synth-tiny.pt"
     cmd = [sys.executable, "-m", "ecc_yolo", "train", f"model={ckpt}", f"data={target}", "stage=adapt",

@@ -131,7 +131,7 @@ def test_extension_and_gate_stages_train_the_extension_and_the_router(synth_data
 
 @pytest.mark.slow
 def test_three_exit_benchmark_reports_shares_costs_and_difficulty_confusion(tiny_zoo):
-    summary = json.loads((tiny_zoo / "runs" / "heldout_val" / "summary.json").read_text())
+    summary = json.loads((tiny_zoo / "runs" / "test_val" / "summary.json").read_text())
     meanet = summary["meanet"]
     assert abs(sum(meanet["exit_shares"].values()) - 1) < 1e-9
     assert set(meanet["confusion"]) <= {"easy", "hard", "complex"}
@@ -139,12 +139,12 @@ def test_three_exit_benchmark_reports_shares_costs_and_difficulty_confusion(tiny
     at = meanet["confusion_at_0.3"]  # at a fixed offload ratio: exactly that share of the frames is offloaded
     assert sum(sum(row.values()) for row in at.values()) == summary["images"]
     assert sum(row["cloud"] for row in at.values()) == round(0.3 * summary["images"])
-    costs = json.loads((tiny_zoo / "runs" / "heldout_val" / "cache.json").read_text())["costs"]
+    costs = json.loads((tiny_zoo / "runs" / "test_val" / "cache.json").read_text())["costs"]
     shares = meanet["exit_shares"]
     expected = (costs["edge_gflops"] + costs["gate_gflops"] + costs["router_gflops"]
                 + shares["extension"] * costs["extension_gflops"] + shares["cloud"] * costs["adapter_encoder_gflops"])
     assert meanet["own_decision"]["device_gflops"] == pytest.approx(expected)
-    assert "Three exits" in (tiny_zoo / "runs" / "heldout_val" / "summary.md").read_text()
+    assert "Three exits" in (tiny_zoo / "runs" / "test_val" / "summary.md").read_text()
 
 
 def test_stream_client_stops_frames_at_the_exit_the_router_picks(synth_video, tmp_path):

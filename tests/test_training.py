@@ -180,7 +180,7 @@ def test_tiny_zoo_pipeline_writes_checkpoint_and_manifest(tiny_zoo):
 
     assert hashlib.sha256((tiny_zoo / name).read_bytes()).hexdigest() == info["sha256"]
     stages = [c["stage"] for c in manifest["commands"]]
-    assert stages == ["data", "heldout", "cloud", "edge", "adapt", "extension", "gate", "val"]
+    assert stages == ["data", "test", "cloud", "edge", "adapt", "extension", "gate", "val"]
     assert all(c["command"].startswith("ecc-yolo ") for c in manifest["commands"])
     assert len(manifest["code"]["commit"]) == 40 and "gpu" not in manifest["hardware"]
     assert manifest["total_wall_minutes"] == round(sum(manifest["wall_seconds"].values()) / 60, 1) > 0
@@ -189,9 +189,9 @@ def test_tiny_zoo_pipeline_writes_checkpoint_and_manifest(tiny_zoo):
             assert len(c["metrics"]["curve_map50_95"]) == c["metrics"]["epochs"] > 0
             assert {"edge_mAP50-95", "cloud_mAP50-95", "adapted_mAP50-95"} <= set(manifest["stage_map50_95"][c["stage"]])
     assert sorted(p.stem for p in (tiny_zoo / "records").glob("*.json")) == sorted(stages)  # what a re-run skips
-    maps = manifest["heldout_map50_95"]
+    maps = manifest["test_map50_95"]
     assert maps["cloud_map50_95"] > maps["edge_map50_95"]  # the cloud is the stronger detector
-    assert (tiny_zoo / "runs" / "heldout_val" / "map_vs_offload.png").is_file()
+    assert (tiny_zoo / "runs" / "test_val" / "map_vs_offload.png").is_file()
 
 
 @pytest.mark.slow
@@ -208,7 +208,7 @@ def test_adapt_stage_lowers_feature_loss_and_raises_adapted_map(tiny_zoo):
     before.load(load_ecc(runs / "edge" / "weights" / "best.pt")[0], verbose=False)
     for key, adapter in after.adapters.items():
         before.adapters[key].set_target_stats(adapter.target_mean, adapter.target_std)
-    files = sorted((tiny_zoo / "heldout" / "images" / "val").glob("*.jpg"))
+    files = sorted((tiny_zoo / "test" / "images" / "val").glob("*.jpg"))
     images = torch.cat([input_tensor([cv2.imread(str(f))]) for f in files])
     with torch.no_grad():
         distance = [m.feature_distance(m.adapt(m.edge_features(images)), m.cloud_cuts(images)) for m in (before, after)]

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
                    run_dir / "weights" / "best.pt", run_dir=run_dir)
         stages.run(f"{name}-val", ["val", f"model={run_dir / 'weights' / 'best.pt'}",
                                    f"data={zoo / 'test' / 'data.yaml'}", f"imgsz={imgsz}", f"batch={batch}",
-                                   "device=cpu", f"project={out / 'val'}", f"name={name}", "exist_ok=True"],
+                                   "device=cpu", f"project={out / 'val'}", f"name={name}", "exist_ok=True",
+                                   "bootstrap=0", "rate_curve=False"],  # tools/ablation_report.py bootstraps the pairs
                    out / "val" / name / "summary.json", needs=(name,))
 
 
