@@ -47,6 +47,22 @@ STAGES = [
 ]
 
 
+def test_cloud_stage_saves_the_tail_copy_equal_to_the_trained_cloud_tail(synth_data, tmp_path):
+    """With `tail: copy`, stage=adapt must start from the trained cloud's tail, not from the weights the cloud had
+    when the model was built (the copy is made then): stage=cloud saves the copy equal to the cloud's tail."""
+    cfg = tmp_path / "tiny-copy.yaml"
+    cfg.write_text((CFG_DIR / "ecc-tiny-11.yaml").read_text() + "\ntail: copy\n")
+    built = ECCModel(cfg, verbose=False)
+    ECCTrainer(overrides=train_args(synth_data, tmp_path, model=str(cfg), stage="cloud", name="cloud")).train()
+    for name in ("best.pt", "last.pt"):
+        ecc, _ = load_ecc(tmp_path / "cloud" / "weights" / name)
+        tail = {k: v for k, v in ecc.cloud.state_dict().items() if int(k.split(".")[1]) >= ecc.spec.entry}
+        copy = ecc.adapted_cloud.state_dict()
+        assert tail and all(torch.equal(copy[k], v) for k, v in tail.items()), f"{name}: the copy is not the tail"
+        moved = [k for k, v in tail.items() if not torch.equal(v, built.cloud.state_dict()[k].to(v.dtype))]
+        assert len(moved) > len(tail) // 2, f"{name}: the cloud tail did not train ({len(moved)} of {len(tail)})"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, extra, trained", STAGES, ids=[s[0] for s in STAGES])
 def test_every_stage_runs_from_the_cli_and_trains_only_its_parts(stage, extra, trained, synth_data, tmp_path):

@@ -195,7 +195,11 @@ class ECCTrainer(DetectionTrainer):
     # state and no random-number state, so a resumed run drifts from an uninterrupted one. Beside last.pt we keep
     # what an exact continuation needs; it is deleted when training completes.
     def save_model(self):
-        """Ultralytics' checkpoints, plus weights/last_state.pt with the exact training state of this epoch."""
+        """Ultralytics' checkpoints, plus weights/last_state.pt with the exact training state of this epoch; at
+        stage=cloud the adapted route's tail copy saved equal to the trained cloud's tail."""
+        if self.stage == "cloud":
+            for model in (self.model, self.ema.ema):
+                find_ecc(unwrap_model(model)).sync_tail_copy()
         saved = super().save_model()
         if saved:
             state = {

@@ -452,13 +452,21 @@ class ECCModel(DetectionModel):
             raise TypeError(f"expected ECC weights, got {type(model).__name__}")
         csd = intersect_dicts(model.float().state_dict(), self.state_dict())
         self.load_state_dict(csd, strict=False)
-        if self.adapted_cloud is not None and getattr(model, "adapted_cloud", None) is None:
-            # weights from a model without a tail copy: the copy starts as the loaded cloud's tail
-            self.adapted_cloud.load_state_dict(self.cloud.state_dict(), strict=False)
+        if getattr(model, "adapted_cloud", None) is None:
+            self.sync_tail_copy()  # weights from a model without a tail copy: the copy starts as the loaded cloud's tail
         if self.names == {i: str(i) for i in range(self.nc)} and len(model.names) == self.nc:
             self.names = dict(model.names)  # a YAML-built model takes the names its weights came with
         if verbose:
             LOGGER.info(f"Transferred {len(csd)}/{len(self.state_dict())} items from pretrained ECC weights")
+
+    def sync_tail_copy(self) -> None:
+        """Set the adapted route's tail copy (`tail: copy`) to the cloud's current tail; no-op without a copy.
+
+        The copy is made when the model is built, before stage=cloud trains the cloud: stage=cloud keeps it equal
+        to the trained cloud through this call, so that stage=adapt starts from the trained tail, not the cloud's
+        initial weights."""
+        if self.adapted_cloud is not None:
+            self.adapted_cloud.load_state_dict(self.cloud.state_dict(), strict=False)  # its layers < entry are Identity
 
     def info(self, detailed: bool = False, verbose: bool = True, imgsz: int = 640):
         """Print a one-line summary per part (parameters), like Ultralytics' model summary."""
