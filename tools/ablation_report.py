@@ -21,6 +21,10 @@ from pathlib import Path
 ABLATIONS = {
     "edge-plain": ("edge", "edge trained without distillation from the cloud (reference: distilled)"),
     "adapt-frozen-tail": ("adapted", "adapted route with the cloud tail frozen (reference: trainable copy)"),
+    # not trained by tools/ablate_zoo.py: `ecc-yolo val` of the zoo v2 asset shipped before 89465f4, whose tail copy
+    # started from the cloud's initial weights; same edge and cloud, adapt/extension/gate trained from seed 0
+    "adapt-init-tail": ("adapted", ("adapted route whose tail copy started from the cloud's initial weights "
+                                    "(reference: from the trained cloud tail)")),
 }
 # stage repeated -> (variants, figures of summary.json whose spread is reported)
 SEED_REPEATS = {
