@@ -12,6 +12,7 @@ Schema (every key is documented in `cfg/README.md`; `cfg/ecc-yolo11n-l.yaml` is 
       - {cloud: 4, edge: 4}    # cloud tensor reproduced, edge layer feeding it (+ any adapter field)
     gate: {hidden: 64}         # optional offload-gate settings
     tail: shared               # optional: "copy" gives the adapted route its own trainable copy of the cloud tail
+    #                            (saved equal to the trained cloud tail by stage=cloud; stage=adapt trains it)
     extension: {depth: 2, channels: 64}   # optional: MEANet's extension block, a second exit on the device
 
 Geometry (strides, channels, the cut set) can only be checked against built networks; `check_geometry` does that
