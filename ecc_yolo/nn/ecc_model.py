@@ -452,12 +452,20 @@ class ECCModel(DetectionModel):
             raise TypeError(f"expected ECC weights, got {type(model).__name__}")
         csd = intersect_dicts(model.float().state_dict(), self.state_dict())
         self.load_state_dict(csd, strict=False)
-        if getattr(model, "adapted_cloud", None) is None:
-            self.sync_tail_copy()  # weights from a model without a tail copy: the copy starts as the loaded cloud's tail
+        self._fill_tail_copy(set(csd))
         if self.names == {i: str(i) for i in range(self.nc)} and len(model.names) == self.nc:
             self.names = dict(model.names)  # a YAML-built model takes the names its weights came with
         if verbose:
             LOGGER.info(f"Transferred {len(csd)}/{len(self.state_dict())} items from pretrained ECC weights")
+
+    def _fill_tail_copy(self, loaded: set[str]) -> None:
+        """Tail-copy tensors the loaded weights did not provide start as the cloud's: weights without a tail copy, or
+        one entering the cloud later (a design with an earlier `entry` copies more cloud layers)."""
+        if self.adapted_cloud is None:
+            return
+        cloud = self.cloud.state_dict()
+        fill = {k: cloud[k] for k in self.adapted_cloud.state_dict() if f"adapted_cloud.{k}" not in loaded}
+        self.adapted_cloud.load_state_dict(fill, strict=False)
 
     def sync_tail_copy(self) -> None:
         """Set the adapted route's tail copy (`tail: copy`) to the cloud's current tail; no-op without a copy.

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""The adapted route's rate-accuracy-compute frontier: `stage=adapt` trained at several design points (cut, bottleneck
+widths, bits) from one zoo run's edge stage, each measured on the zoo's untouched test split (and its validation
+split, which is what may choose among them) beside the cloud on JPEG (docs/BENCHMARKS.md, section 5i).
+
+    python tools/sweep_frontier.py --zoo runs/zoo/ecc-synth2-q-n-160 --out runs/frontier            # every design
+    python tools/sweep_frontier.py --zoo ... --out ... --design bits2 --design entry5              # some of them
+    python tools/sweep_frontier.py --zoo ... --out ... --report docs/benchmarks/frontier.json      # tables + plot
+
+A design is a cfg derived from the zoo's own (`DESIGNS`): the same edge, cloud, gate and tail, another cut and
+adapters. Its model starts from the zoo's edge-stage checkpoint (`pretrained=`: edge and cloud weights; the tail copy
+starts as the trained cloud's tail), trains the adapt stage with the zoo preset's settings for `--epochs` epochs,
+and is measured by `ecc_yolo.eval.frontier.design_point`. Resumable: finished steps are skipped, an interrupted
+training resumes; two processes may run different designs into the same folder at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+# name -> (entry, {cloud cut layer: bottleneck channels sent}, bits per value). The zoo's cfg enters YOLO11n's neck at
+# layer 11 (cut set P3/P4/P5 = layers 4, 6, 10); entering at 7 needs layers 4 and 6, at 5 layer 4 only, and the
+# cloud then runs more of its backbone on the adapted features.
+DESIGNS = {
+    "base": (11, {4: 8, 6: 16, 10: 32}, 4),  # the shipped zoo's design, at the sweep's epochs
+    "bits2": (11, {4: 8, 6: 16, 10: 32}, 2),
+    "bits8": (11, {4: 8, 6: 16, 10: 32}, 8),
+    "half": (11, {4: 4, 6: 8, 10: 16}, 4),
+    "half-bits2": (11, {4: 4, 6: 8, 10: 16}, 2),
+    "double": (11, {4: 16, 6: 32, 10: 64}, 4),
+    "entry7": (7, {4: 8, 6: 16}, 4),
+    "entry5": (5, {4: 8}, 4),
+}
+SWEEP_EPOCHS = 16  # per design; the shipped zoo's adapt stage ran 24 (the 2-core time budget of one session)
+
+
+def design_cfg(base: dict, entry: int, bottlenecks: dict[int, int], bits: int, name: str) -> dict:
+    """The zoo cfg with another cut: one adapter per cut layer (edge layer = cloud layer, the decoder widths of the
+    base cfg's adapter for that layer), every adapter at `bits`."""
+    widths = {a["cloud"]: a.get("channels") for a in base["adapters"]}
+    cfg = {k: v for k, v in base.items() if k not in ("entry", "adapters", "adapter")}
+    cfg["entry"] = entry
+    cfg["adapter"] = {**base.get("adapter", {}), "bits": bits}
+    cfg["adapters"] = [{"cloud": layer, "edge": layer, "bottleneck": b, "channels": widths.get(layer, 32)}
+                       for layer, b in bottlenecks.items()]
+    cfg["name"] = name
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train and measure the designs asked for; with --report, write the frontier tables and plot."""
+    from ecc_yolo.zoo_pipeline import PRESETS, TRAIN_SEED, Stages, stage_args
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--zoo", required=True, help="output folder of a tools/train_zoo.py run (its edge stage is used)")
+    p.add_argument("--out", required=True, help="sweep folder")
+    p.add_argument("--preset", default="cpu", help="the zoo run's preset (cfg, image size, batch, adapt settings)")
+    p.add_argument("--design", action="append", choices=sorted(DESIGNS), help="designs to run (default: all)")
+    p.add_argument("--epochs", type=int, default=SWEEP_EPOCHS)
+    p.add_argument("--report", default=None, help="write frontier.json here (and frontier.md/png beside the sweep)")
+    opt = p.parse_args(argv)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    preset = PRESETS[opt.preset]
+    zoo, out = Path(opt.zoo).resolve(), Path(opt.out).resolve()
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "ecc_yolo" / "cfg" / preset["cfg"]).read_text())
+    edge = zoo / "runs" / "edge" / "weights" / "best.pt"
+    stages = Stages(out, chain=False)
+    for name in opt.design or ([] if opt.report else list(DESIGNS)):
+        entry, bottlenecks, bits = DESIGNS[name]
+        cfg_path = out / "cfgs" / f"{name}.yaml"
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(yaml.safe_dump(design_cfg(base, entry, bottlenecks, bits, name), sort_keys=False))
+        run_dir = out / "runs" / name
+        stages.run(name, ["train", f"model={cfg_path}", f"pretrained={edge}", "stage=adapt", f"name={name}",
+                          f"data={zoo / 'data' / 'data.yaml'}", f"imgsz={preset['imgsz']}", f"batch={preset['batch']}",
+                          "device=cpu", f"project={out / 'runs'}", "exist_ok=True", "plots=False",
+                          f"seed={TRAIN_SEED}", f"epochs={opt.epochs}", *stage_args(preset, "adapt")],
+                   run_dir / "weights" / "best.pt", run_dir=run_dir)
+        measure(name, run_dir / "weights" / "best.pt", zoo, out, preset)
+    if opt.report:
+        from ecc_yolo.eval.frontier_report import write_report
+
+        write_report(out, zoo, Path(opt.report))
+
+
+def measure(name: str, weights: Path, zoo: Path, out: Path, preset: dict) -> None:
+    """design_point on the test and the validation split -> <out>/points/<name>.json (skipped when present)."""
+    from ecc_yolo.checkpoint import load_ecc
+    from ecc_yolo.eval.frontier import design_point
+
+    path = out / "points" / f"{name}.json"
+    if path.is_file() and json.loads(path.read_text()).get("weights_mtime") == weights.stat().st_mtime:
+        return
+    model, _ = load_ecc(weights, device="cpu")
+    splits = {"test": zoo / "test" / "data.yaml", "val": zoo / "data" / "data.yaml"}
+    point = {"name": name, "design_cfg": DESIGNS[name], "weights": str(weights),
+             "weights_mtime": weights.stat().st_mtime,
+             **{split: design_point(model, data, out / "eval" / split / name, preset["imgsz"], preset["batch"])
+                for split, data in splits.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(point, indent=1))
+    print(f"[frontier] {name}: test adapted {point['test']['map']['adapted']}, "
+          f"{point['test']['feature_bytes']['mean']:.0f} B, {point['test']['gflops']['end_to_end_share_of_cloud']}")
+
+
+if __name__ == "__main__":
+    main()
