@@ -14,6 +14,7 @@ from typing import Any
 from ultralytics.cfg import get_cfg
 from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
 
+from ecc_yolo.deploy import ROUTERS
 from ecc_yolo.routes import INFER_ROUTES
 
 ECC_DEFAULTS_FILE = Path(__file__).resolve().parent / "cfg" / "default.yaml"
@@ -30,6 +31,7 @@ _KEYS_BY_KIND: dict[tuple[str, Any], tuple[str, ...]] = {
     ("choice", STAGES): ("stage",),
     ("choice", INFER_ROUTES): ("route",),
     ("choice", SERVE_BACKENDS): ("backend",),
+    ("optional choice", ROUTERS): ("router",),
     ("bool", None): ("distill", "pareto", "label_free", "router_balance", "rate_curve"),
     ("float>=", 1.0): ("rrb",),
     ("float>=", 0.0): ("feat", "det", "kd", "rate", "max_wait_ms"),
@@ -40,7 +42,7 @@ _KEYS_BY_KIND: dict[tuple[str, Any], tuple[str, ...]] = {
     ("int>=", 0): ("bootstrap",),
     ("int in", (1, 65535)): ("port",),
     ("fraction", None): ("offload",),
-    ("optional number", None): ("gate_threshold",),
+    ("optional number", None): ("gate_threshold", "margin"),
     ("model", None): ("edge_model", "cloud_model"),
     ("prefs", None): ("prefs",),
     ("text", None): ("host",),
@@ -97,8 +99,9 @@ def check_ecc_values(args: dict[str, Any]) -> None:
         if key not in args:
             continue
         v = args[key]
-        if kind == "choice":
-            ok, want = v in allowed, f"one of {', '.join(allowed)}"
+        if kind in ("choice", "optional choice"):
+            ok = v in allowed or (v is None and kind.startswith("optional"))
+            want = f"one of {', '.join(allowed)}" + (" or empty" if kind.startswith("optional") else "")
         elif kind == "bool":
             ok, want = isinstance(v, bool), "True or False"
         elif kind == "float>=":
@@ -151,6 +154,16 @@ def get_args(overrides: dict[str, Any] | None = None) -> IterableSimpleNamespace
     check_keys(overrides)
     check_ecc_values(overrides)
     return get_cfg(all_defaults(), overrides)
+
+
+def user_overrides(args: Any) -> dict[str, Any]:
+    """The deployment keys (`ecc_yolo.deploy.USER_KEYS`) of an argument namespace or dict that differ from their
+    defaults: what a user set, for `ecc_yolo.deploy.resolve` when only the merged arguments are at hand."""
+    from ecc_yolo.deploy import USER_KEYS
+
+    values = vars(args) if hasattr(args, "__dict__") else dict(args)
+    defaults = all_defaults()
+    return {k: values[k] for k in USER_KEYS if values.get(k) is not None and values[k] != defaults.get(k)}
 
 
 def split_args(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

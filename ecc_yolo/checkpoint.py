@@ -65,11 +65,3 @@ def load_ecc(path: str | Path, device: torch.device | str | None = None) -> tupl
         )
     return model, ckpt
 
-
-def trained_imgsz(model: ECCModel, default: int = 640) -> int:
-    """The image size (pixels, the longer side) an ECC model was trained at, from its training args (a model built
-    from a cfg carries Ultralytics' default, 640); `default` when it has no args."""
-    args = getattr(model, "args", None)
-    args = vars(args) if hasattr(args, "__dict__") else (args or {})
-    imgsz = args.get("imgsz", default)
-    return int(max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz)

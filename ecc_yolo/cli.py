@@ -66,22 +66,24 @@ def parse_pairs(tokens: list[str]) -> dict[str, Any]:
 def run_info(args: dict[str, Any]) -> None:
     """`ecc-yolo info`: print the cost summary (text, or one JSON object with format=json)."""
     from ecc_yolo.costs import format_costs
+    from ecc_yolo.deploy import resolve
     from ecc_yolo.engine.model import ECC
 
     _checked(args)
     fmt = args.get("format", "text")
     if fmt not in ("text", "json"):
         raise UsageError(f"info format must be text or json, got '{fmt}'")
-    imgsz = args.get("imgsz", 640)
-    if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
-        raise UsageError(f"imgsz must be a multiple of 32 >= 32, got {imgsz!r}")
     ecc = ECC(args.get("model", "ecc-yolo11n-l.yaml"), edge_model=args.get("edge_model"),
               cloud_model=args.get("cloud_model"))
-    costs = ecc.costs(imgsz)
+    deploy = resolve(ecc.model, args)  # the model's deployment settings, with any key=value given
+    if not isinstance(deploy.imgsz, int) or deploy.imgsz < 32 or deploy.imgsz % 32:
+        raise UsageError(f"imgsz must be a multiple of 32 >= 32, got {deploy.imgsz!r}")
+    costs = ecc.costs(deploy.imgsz)
     if fmt == "json":
-        print(json.dumps({"model": ecc.model.spec.name, **costs}))
+        print(json.dumps({"model": ecc.model.spec.name, **costs, "deploy": deploy.as_dict()}))
     else:
         print(format_costs(ecc.model.spec.name, costs))
+        print(f"deployment: {deploy.describe()}")
 
 
 def _model_and_args(args: dict[str, Any], default: str = "ecc-yolo11n-l.yaml"):
@@ -147,11 +149,7 @@ def _serving_args(args: dict[str, Any], mode: str) -> Any:
         what = "an ECC checkpoint (.pt), a zoo name or an edge export (.onnx)" if mode == "detect" else \
             "an ECC checkpoint (.pt) or a zoo name"
         raise UsageError(f"{mode} needs model=<{what}> (the edge and the cloud must hold the same model)")
-    if "imgsz" not in args and not model.endswith(".onnx"):  # like `yolo predict`: the size the model trained at
-        from ecc_yolo.checkpoint import load_ecc, trained_imgsz
-
-        args = {**args, "imgsz": trained_imgsz(load_ecc(model)[0])}
-    return get_args(args)
+    return get_args(args)  # image size, NMS and the offload decision: the model's unless given (ecc_yolo.deploy)
 
 
 def run_serve(args: dict[str, Any]) -> None:
@@ -164,7 +162,7 @@ def run_serve(args: dict[str, Any]) -> None:
             raise UsageError('backend=ray needs Ray Serve: pip install -e ".[ray]"') from None
     from ecc_yolo.serve.run import serve
 
-    serve(ns)
+    serve(ns, overrides=args)
 
 
 def run_detect(args: dict[str, Any]) -> None:
@@ -181,7 +179,7 @@ def run_detect(args: dict[str, Any]) -> None:
     from ecc_yolo.serve.link import ModelMismatchError
 
     try:
-        detect(ns)
+        detect(ns, overrides=args)
     except ModelMismatchError as e:
         raise UsageError(str(e)) from None
 
@@ -221,11 +219,11 @@ def run_export(args: dict[str, Any]) -> None:
     if fmt != "onnx":
         raise UsageError(f"export supports format=onnx (the edge part), got '{fmt}'")
     from ecc_yolo import zoo
-    from ecc_yolo.checkpoint import trained_imgsz
+    from ecc_yolo.deploy import resolve
 
     ecc, _ = _model_and_args(args)
     model = ecc.model
-    imgsz = args.get("imgsz", trained_imgsz(model))  # default: the size the model was trained at
+    imgsz = resolve(model, args).imgsz  # the model's deployment size unless imgsz= is given
     if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
         raise UsageError(f"imgsz must be a multiple of 32 >= 32, got {imgsz!r}")
     source = Path(str(ecc.model_name))

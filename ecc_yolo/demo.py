@@ -6,7 +6,8 @@
 3. a synthetic evaluation split and a synthetic video whose difficulty changes over time;
 4. the benchmark (`ecc-yolo val`): every route, every router, plots;
 5. a local cloud server (`ecc-yolo serve`) and the edge stream client (`ecc-yolo detect route=auto`) on the video,
-   with the benchmark's ECC_D offload ratio as its budget;
+   at the model's calibrated default operating point (`ecc_yolo.deploy`: no budget; the summary prints the share
+   it was calibrated to and the share the stream offloaded);
 6. the server is stopped (also on Ctrl-C) and a summary says where everything is.
 Re-running reuses what is still valid (the benchmark's cached model outputs) and overwrites the rest.
 """
@@ -71,18 +72,13 @@ def _fine_tune(model: str, out: Path, imgsz: int) -> str:
     return model
 
 
-def stream_budget(ratio: float) -> float | None:
-    """The stream's offload budget: the benchmark's ECC_D operating ratio, or None (the model's own gate threshold)
-    when that ratio is 0 or 1, where a budget would mean "never" or "always"."""
-    return round(ratio, 2) if 0.0 < ratio < 1.0 else None
-
-
 def run_demo(model: str | None = None, train: bool = False, project: str | None = None, name: str = "demo",
              device: str = "cpu") -> dict[str, Any]:
     """Run the demo (see the module docstring); returns what it measured and where the outputs are."""
     from ecc_yolo.args import default_project
-    from ecc_yolo.checkpoint import load_ecc, trained_imgsz
+    from ecc_yolo.checkpoint import load_ecc
     from ecc_yolo.data.synthetic import generate_dataset, generate_video
+    from ecc_yolo.deploy import model_settings
     from ecc_yolo.eval.benchmark import evaluate
     from ecc_yolo.serve.client import detect
     from ecc_yolo.serve.local import LocalServer
@@ -95,7 +91,7 @@ def run_demo(model: str | None = None, train: bool = False, project: str | None 
     _step("model")
     model, kind = choose_model(model)
     ecc, _ = load_ecc(model)
-    imgsz = trained_imgsz(ecc, default=256)
+    imgsz = model_settings(ecc).imgsz if getattr(ecc, "args", None) else 256  # a cfg-built model: the demo's 256
     if train:
         _step("a short adapter and gate fine-tune (train=True)")
         model = _fine_tune(model, out, imgsz)
@@ -109,14 +105,13 @@ def run_demo(model: str | None = None, train: bool = False, project: str | None 
     bench = evaluate(ecc, data, out / "benchmark", imgsz=imgsz, batch=16, device=device, bootstrap=DEMO_BOOTSTRAP,
                      rate=False)
 
-    # The stream offloads the share of frames the benchmark chose for ECC_D; the budget controller moves the gate's
-    # threshold online to hold it, so frames go to the cloud when the video gets harder.
-    budget = stream_budget(bench["ecc_d_operating_point"]["ratio"])
-    _step(f"cloud server and the edge stream client on the video (route=auto, budget={budget})")
+    # The stream decides as a user's `ecc-yolo detect route=auto` does: the model's calibrated operating point.
+    deploy = model_settings(ecc)
+    _step(f"cloud server and the edge stream client on the video (route=auto: {deploy.describe()})")
     LOGGER.info(f"ecc-yolo serve model={model} (log: {out / 'server.log'})")
     with LocalServer(model, imgsz, out / "server.log") as server:
         stream = detect({"model": model, "source": str(video), "cloud": server.url, "route": "auto",
-                         "budget": budget, "imgsz": imgsz, "save": True, "project": str(out), "name": "detect",
+                         "imgsz": imgsz, "save": True, "project": str(out), "name": "detect",
                          "exist_ok": True, "device": device, "verbose": False})
 
     result = {
@@ -126,6 +121,7 @@ def run_demo(model: str | None = None, train: bool = False, project: str | None 
         **{f"{route}_map{part}": bench[f"{route}_map{part}"] for route in ("edge", "adapted", "cloud")
            for part in ("", "_ci")},
         "ecc_d": bench["ecc_d_operating_point"],
+        "operating_point": deploy.as_dict(),
         "stream": stream,
         "seconds": round(time.time() - t0, 1),
         "outputs": {
@@ -141,6 +137,12 @@ def run_demo(model: str | None = None, train: bool = False, project: str | None 
     return result
 
 
+def calibrated_share(deploy: dict[str, Any]) -> str:
+    """The offload share a model's operating point was calibrated to, or why there is none."""
+    cal = deploy.get("calibration")
+    return f"{cal['offload_share']:.1%} ({cal['split']})" if cal else "not calibrated"
+
+
 def format_demo(result: dict[str, Any]) -> str:
     """The closing summary table and where everything is."""
     op, s = result["ecc_d"], result["stream"]
@@ -153,6 +155,8 @@ def format_demo(result: dict[str, Any]) -> str:
         ("cloud mAP50-95", with_ci("cloud")),
         ("adapted route mAP50-95", with_ci("adapted")),
         (f"ECC_D mAP50-95 (offload {op['ratio']:.0%})", f"{op['map']:.3f}"),
+        ("operating point (router)", str(result["operating_point"]["router"])),
+        ("operating point: calibrated share", calibrated_share(result["operating_point"])),
         ("stream: offload ratio", f"{s['offload_ratio']:.1%}"),
         ("stream: bytes per frame", f"{s['mean_bytes_per_frame']:.0f}"),
         ("stream: frames/s", f"{s['fps']:.1f}"),

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ecc_yolo.codec import FeaturePayload
+from ecc_yolo.deploy import GATE_ROUTERS, DeploySettings, model_settings, settings_from_dict
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.payload import latent_bits, make_payloads
 
@@ -53,7 +54,7 @@ class EdgeRuntime:
     names: dict[int, str]
     stride: int
     edge_end2end: bool
-    gate_threshold: float
+    deploy: DeploySettings  # the model's deployment settings (ecc_yolo.deploy)
     multi_exit: bool
     fingerprint: bytes
     bits: dict[int, int]  # cloud layer -> bits per transmitted value
@@ -83,7 +84,7 @@ class TorchEdge(EdgeRuntime):
         self.names = {int(k): str(v) for k, v in self.model.names.items()}
         self.stride = int(self.model.stride.max())
         self.edge_end2end = bool(getattr(self.model.edge, "end2end", False))
-        self.gate_threshold = float(self.model.gate_threshold)
+        self.deploy = model_settings(model)
         self.multi_exit = self.model.router is not None
         self.bits = latent_bits(self.model)
         self._feats: dict[int, torch.Tensor] = {}
@@ -165,7 +166,7 @@ def export_edge_onnx(model: ECCModel, path: str | Path, imgsz: int = 640, opset:
         "stride": int(model.stride.max()),
         "imgsz": imgsz,
         "edge_end2end": bool(getattr(model.edge, "end2end", False)),
-        "gate_threshold": float(model.gate_threshold),
+        "deploy": {**model_settings(model).as_dict(), "imgsz": imgsz},  # the graph's input size is fixed
         "bits": {str(k): model.adapters[str(k)].bits for k in layers},
         "outputs": names,
         "spec": model.spec.name,
@@ -192,7 +193,9 @@ class OnnxEdge(EdgeRuntime):
         self.stride = int(meta["stride"])
         self.imgsz = int(meta["imgsz"])
         self.edge_end2end = bool(meta["edge_end2end"])
-        self.gate_threshold = float(meta["gate_threshold"])
+        self.multi_exit = "router" in meta["outputs"]
+        self.deploy = settings_from_dict(meta.get("deploy") or {"imgsz": self.imgsz, "thresholds": dict.fromkeys(
+            GATE_ROUTERS, float(meta["gate_threshold"]))}, self.multi_exit)  # exports before deploy
         self.fingerprint = bytes.fromhex(meta["fingerprint"])
         self.bits = {int(k): int(v) for k, v in meta["bits"].items()}
         self.outputs = list(meta["outputs"])

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ecc_yolo"
 # layer -> module prefixes (a prefix covers its submodules); lowest first
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("routes", "spec", "codec", "policy", "pareto", "quality", "zoo", "data")),
-    ("config", ("args",)),
+    ("config", ("args", "deploy")),
     ("model", ("nn", "payload", "infer")),
     ("runtime", ("costs", "checkpoint", "edge")),
     ("evaluation and objectives", ("eval", "losses")),

@@ -44,11 +44,11 @@ def test_every_route_of_the_shipped_zoo_finds_the_objects_of_easy_synthetic_fram
     """Every route (and route=auto) on a batch of easy frames with known boxes: each finds most of the objects, and
     the cloud more than the edge. Measured on these 30 frames (69 objects, conf 0.25, 2026-12-07): edge 58%,
     extension 71%, adapted 91%, cloud 96%; 6 frames (11 objects) were too few for a stable share."""
-    from ecc_yolo.checkpoint import trained_imgsz
     from ecc_yolo.data.synthetic import render_frame
+    from ecc_yolo.deploy import model_settings
 
     ecc = ECC(SHIPPED)
-    imgsz = trained_imgsz(ecc.model)
+    imgsz = model_settings(ecc.model).imgsz
     assert imgsz == 160
     frames = [render_frame(seed=999, index=i, difficulty="easy", imgsz=imgsz) for i in range(30)]
     objects = sum(len(f.boxes) for f in frames)

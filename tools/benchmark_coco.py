@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     opt = parse(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ecc_yolo import zoo
-    from ecc_yolo.checkpoint import trained_imgsz
+    from ecc_yolo.deploy import model_settings
     from ecc_yolo.engine.model import ECC
     from ecc_yolo.eval.benchmark import evaluate
     from ecc_yolo.eval.dataset import DatasetError
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
             ecc = ECC(opt.cfg, edge_model=opt.edge, cloud_model=opt.cloud)
         else:
             ecc = ECC(opt.model or zoo.DEFAULT_MODEL)
-        imgsz = opt.imgsz or (trained_imgsz(ecc.model) if opt.preset else 640)
+        imgsz = opt.imgsz or (model_settings(ecc.model).imgsz if opt.preset else 640)
         if opt.preset:
             from ecc_yolo.data.synthetic import generate_dataset
 

@@ -19,6 +19,7 @@ from ultralytics.utils import LOGGER
 from ecc_yolo import zoo
 from ecc_yolo.args import all_defaults, check_keys, default_project, ecc_defaults
 from ecc_yolo.checkpoint import load_ecc, save_ecc
+from ecc_yolo.deploy import resolve
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.spec import load_spec, resolve_cfg_path
 
@@ -111,9 +112,18 @@ class ECC(Model):
         return save_ecc(self.model, filename)
 
     def predict(self, source=None, stream: bool = False, predictor=None, **kwargs: Any):
-        """Ultralytics predict, plus `route=` (auto | edge | cloud | adapted)."""
+        """Ultralytics predict, plus `route=` (auto | edge | cloud | adapted); image size, NMS and the offload
+        decision are the model's deployment settings (`ecc_yolo.deploy.resolve`) where not given."""
         check_keys(kwargs)
+        kwargs = {**self.deploy_args(kwargs), **kwargs}
         return super().predict(source=source, stream=stream, predictor=predictor, **kwargs)
+
+    def deploy_args(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The deployment settings as `key=value` arguments: the model's own, with `overrides` applied (one call to
+        `ecc_yolo.deploy.resolve`, so that Ultralytics' own defaults, e.g. predict's conf, never replace them)."""
+        s = resolve(self.model, overrides)
+        return {"imgsz": s.imgsz, "conf": s.conf, "iou": s.iou, "max_det": s.max_det, "router": s.router,
+                "gate_threshold": s.threshold, "margin": s.margin}
 
     def train(self, trainer=None, **kwargs: Any):
         """Train one stage (`stage=edge|cloud|adapt|gate|joint`, see docs/TRAINING.md)."""
@@ -142,7 +152,7 @@ class ECC(Model):
 
         if "project" not in kwargs:
             kwargs["project"] = default_project()
-        args = get_args({"imgsz": self.overrides.get("imgsz", 640), "batch": 8, "name": "val", **kwargs,
+        args = get_args({"imgsz": resolve(self.model, kwargs).imgsz, "batch": 8, "name": "val", **kwargs,
                          "mode": "val"})
         if not args.data:
             raise ValueError("val needs data= (a data YAML or a COCO layout folder)")

@@ -2,9 +2,10 @@
 
 `route=edge|cloud|adapted` (or `extension` on a multi-exit edge) runs that route for every image. `route=auto` runs
 the edge and the gate on every image and the adapted route only on the images the offload decision sends to the
-cloud (`ecc_yolo.policy.decide`, at the model's `gate_threshold` unless `gate_threshold=` is given); on a multi-exit
-edge the router picks the main exit, the extension exit or the cloud, and a frame stopped at the main exit runs
-nothing else. Each Results object records the route that answered it in
+cloud, by the model's deployment settings (`ecc_yolo.deploy`: its router and calibrated threshold, unless
+`router=`/`gate_threshold=`/`margin=` are given): ECC_D sends a frame to the adapted route, ECC_I to the full cloud,
+ECC_D+ to either; on a multi-exit edge the router picks the main exit, the extension exit or the cloud, and a frame
+stopped at the main exit runs nothing else. Each Results object records the route that answered it in
 `.route` (edge, extension, adapted or cloud). This is the in-process simulation of ECC_D; the networked
 version (device and cloud in different processes) is `ecc-yolo detect` against `ecc-yolo serve`.
 """
@@ -18,10 +19,10 @@ from ultralytics.models.yolo.detect import DetectionPredictor
 from ultralytics.utils import DEFAULT_CFG, nms, ops
 
 from ecc_yolo.args import all_defaults, check_ecc_values, check_keys, default_project
+from ecc_yolo.deploy import resolve
 from ecc_yolo.infer import nms_settings, route_end2end
 from ecc_yolo.nn.ecc_model import find_ecc
-from ecc_yolo.policy import decide
-from ecc_yolo.routes import ADAPTED, AUTO, EDGE, EXTENSION
+from ecc_yolo.routes import ADAPTED, AUTO, CLOUD, EDGE, EXTENSION
 
 
 class ECCPredictor(DetectionPredictor):
@@ -44,18 +45,17 @@ class ECCPredictor(DetectionPredictor):
             ecc.set_route(route)
             return {"route": route, route: super().inference(im, *args, **kwargs)}
         edge_out, feats = ecc.edge_forward(im, keep=ecc.device_layers)
-        if ecc.router is not None:  # multi-exit edge: the router picks main, extension or cloud for each frame
-            decision = decide(exit_logits=ecc.exit_logits(feats, edge_out).float().cpu().numpy())
-        else:
-            threshold = ecc.gate_threshold if self.args.gate_threshold is None else self.args.gate_threshold
-            decision = decide(ecc.gate_scores(feats, edge_out).float().cpu().numpy(), threshold=threshold)
-        offload = torch.from_numpy(decision.answered_by(ADAPTED)).to(im.device)
-        stop_extension = torch.from_numpy(decision.answered_by(EXTENSION)).to(im.device)
-        out = {"route": route, EDGE: edge_out, "offload": offload, "stop_extension": stop_extension}
-        if offload.any():
-            out[ADAPTED] = ecc.adapted_tail(ecc.adapt({k: v[offload] for k, v in feats.items()}))
-        if stop_extension.any():
-            out[EXTENSION] = ecc.extension_forward({k: v[stop_extension] for k, v in feats.items()})
+        settings = resolve(ecc, self.args)
+        router = ecc.exit_logits(feats, edge_out).float().cpu().numpy() if ecc.router is not None else None
+        decision = settings.decide(ecc.gate_scores(feats, edge_out).float().cpu().numpy(), router)
+        masks = {r: torch.from_numpy(decision.answered_by(r)).to(im.device) for r in (ADAPTED, CLOUD, EXTENSION)}
+        out = {"route": route, EDGE: edge_out, "masks": masks}
+        if masks[ADAPTED].any():
+            out[ADAPTED] = ecc.adapted_tail(ecc.adapt({k: v[masks[ADAPTED]] for k, v in feats.items()}))
+        if masks[CLOUD].any():
+            out[CLOUD] = ecc.cloud_forward(im[masks[CLOUD]])
+        if masks[EXTENSION].any():
+            out[EXTENSION] = ecc.extension_forward({k: v[masks[EXTENSION]] for k, v in feats.items()})
         return out
 
     def _nms(self, output: Any, end2end: bool) -> list[torch.Tensor]:
@@ -75,7 +75,7 @@ class ECCPredictor(DetectionPredictor):
         else:
             dets = self._nms(preds[EDGE], end2end[EDGE])
             routes = [EDGE] * img.shape[0]
-            for route, mask in ((ADAPTED, preds["offload"]), (EXTENSION, preds["stop_extension"])):
+            for route, mask in preds["masks"].items():
                 chosen = torch.nonzero(mask).flatten().tolist()
                 if chosen:
                     for i, det in zip(chosen, self._nms(preds[route], end2end[route])):

@@ -40,6 +40,7 @@ from ecc_yolo.nn.ecc_model import PARTS, ECCModel, find_ecc
 from ecc_yolo.routes import STAGE_ROUTE
 
 RESUME_STATE = "last_state.pt"  # exact-resume state kept beside last.pt while a run is unfinished
+CALIBRATED_STAGES = ("gate", "joint")  # stages that train the gate/router and so fit the default operating point
 
 
 def freeze_parts(ecc: ECCModel, parts: tuple[str, ...]) -> None:
@@ -196,10 +197,16 @@ class ECCTrainer(DetectionTrainer):
     # what an exact continuation needs; it is deleted when training completes.
     def save_model(self):
         """Ultralytics' checkpoints, plus weights/last_state.pt with the exact training state of this epoch; at
-        stage=cloud the adapted route's tail copy saved equal to the trained cloud's tail."""
+        stage=cloud the adapted route's tail copy saved equal to the trained cloud's tail; at stage=gate/joint the
+        default operating point calibrated on this epoch's validation (`ECCValidator.operating_point`)."""
         if self.stage == "cloud":
             for model in (self.model, self.ema.ema):
                 find_ecc(unwrap_model(model)).sync_tail_copy()
+        if self.stage in CALIBRATED_STAGES and getattr(self.validator, "gate_scores", None):
+            # the default operating point, fitted on this epoch's validation of the EMA model that is saved next
+            settings = self.validator.operating_point(self.args.offload).as_dict()
+            for model in (self.model, self.ema.ema):
+                find_ecc(unwrap_model(model)).deploy = settings
         saved = super().save_model()
         if saved:
             state = {

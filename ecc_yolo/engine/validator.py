@@ -12,7 +12,8 @@ route, the rest by the edge (`ecc_yolo.policy.decide`).
 Extra metrics (results.csv, console): metrics/{edge,adapted,cloud}_mAP50(B), ..._mAP50-95(B),
 metrics/eccd_mAP50-95(B), metrics/offload_recall (share of the images that needed offloading, gain from the adapted
 route above NEEDED_GAIN, that the deployed rule offloads: predicted gain > the model's gate_threshold, or
-`gate_threshold=`), metrics/offload_ratio (share that rule offloads) and metrics/feat (feature-matching loss).
+`gate_threshold=`), metrics/offload_ratio (share that rule offloads) and metrics/feat (feature-matching loss). `operating_point` fits the
+model's default operating point on the frames of the last validation (stage=gate/joint save it with the model).
 Fitness, which picks best.pt, is the stage's own metric: its route's, or ECC_D's for stage=gate/joint.
 """
 
@@ -28,6 +29,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import LOGGER, ops
 
 from ecc_yolo.args import all_defaults, check_ecc_values, default_project, split_args
+from ecc_yolo.deploy import ECC_D, DeploySettings, calibrate, fit_margin, model_settings, resolve
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import from_boxes
 from ecc_yolo.infer import VALIDATION_NMS, detections, route_end2end
@@ -132,8 +134,8 @@ class ECCValidator(DetectionValidator):
         eccd50, eccd = self.routed_map(decide(gains, ratio=self.args.offload).routes)
         stats["metrics/eccd_mAP50(B)"], stats["metrics/eccd_mAP50-95(B)"] = eccd50, eccd
         needed = evaluator.marginal_gains(ADAPTED, chunk=GAIN_CHUNK) > NEEDED_GAIN
-        threshold = self.ecc.gate_threshold if self.args.gate_threshold is None else self.args.gate_threshold
-        decided = decide(gains, threshold=threshold).offloaded  # the deployed rule: predicted gain > threshold
+        threshold = resolve(self.ecc, {**vars(self.args), "router": ECC_D}).threshold
+        decided = decide(gains, threshold=threshold).offloaded  # ECC_D's deployed rule: predicted gain > threshold
         stats["metrics/offload_recall"] = float(decided[needed].mean()) if needed.any() else 1.0
         stats["metrics/offload_ratio"] = float(decided.mean())
         stats["metrics/feat"] = float(np.mean(self.feat_losses))
@@ -147,6 +149,16 @@ class ECCValidator(DetectionValidator):
         self.route_summary = {**routes, f"ECC_D @ {self.args.offload:.0%} offload": (eccd50, eccd)}
         self.metrics.ecc = {k: v for k, v in stats.items() if k.startswith("metrics/") or k == "fitness"}
         return stats
+
+    def operating_point(self, share: float) -> DeploySettings:
+        """The model's deployment settings calibrated on this validation's frames (`ecc_yolo.deploy`): thresholds
+        that offload `share` of them under each router, ECC_D+'s margin fitted on their mAP, and the router with the
+        best mAP there as the default (the cloud answers here on the frames' own pixels, not their JPEG)."""
+        gains = torch.cat(self.gate_scores).numpy().astype(np.float64)
+        logits = torch.cat(self.router_logits).numpy() if self.router_logits else None
+        map_of = lambda codes: self.routed_map(codes)[1]
+        return calibrate(model_settings(self.ecc), gains, logits, share, "validation", fit_margin(gains, map_of),
+                         map_of)
 
     def routed_map(self, answered_by: np.ndarray) -> tuple[float, float]:
         """(mAP50, mAP50-95) of the system that answers image i by route code `answered_by[i]` (ROUTE_CODES) or,
@@ -167,3 +179,15 @@ class ECCValidator(DetectionValidator):
         lines = [f"{'ECC route':>28}{'mAP50':>11}{'mAP50-95':>11}"]
         lines += [f"{name:>28}{m50:>11.3g}{m:>11.3g}" for name, (m50, m) in summary.items()]
         LOGGER.info("\n".join(lines))
+
+
+def calibrate_operating_point(model: ECCModel, data: str, imgsz: int, share: float, batch: int = 32,
+                              device: str = "cpu") -> DeploySettings:
+    """Fit a trained model's default operating point on `data`'s validation split, as stage=gate does at each save
+    (`ECCValidator.operating_point`); the model itself is not changed (a copy is validated)."""
+    from copy import deepcopy
+
+    validator = ECCValidator(args={"data": data, "imgsz": imgsz, "batch": batch, "device": device, "stage": "gate",
+                                   "offload": share, "plots": False, "save_json": False, "verbose": False})
+    validator(model=deepcopy(model).float())
+    return validator.operating_point(share)

@@ -11,6 +11,7 @@ data and size reuses them and only re-sweeps), curve.csv, summary.json, summary.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ import numpy as np
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import select_device
 
+from ecc_yolo.codec import JPEG_QUALITY
+from ecc_yolo.deploy import MEANET, DeploySettings, model_settings
 from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import load_dataset
+from ecc_yolo.eval.rate import choose_quality, plot_rate_curve, rate_curve, write_rate_csv
 from ecc_yolo.eval.report import plot_all, write_curve_csv, write_summary
 from ecc_yolo.eval.routers import (
     RATIOS,
@@ -32,11 +36,9 @@ from ecc_yolo.eval.routers import (
     score_routers,
     with_intervals,
 )
-from ecc_yolo.eval.rate import choose_quality, plot_rate_curve, rate_curve, write_rate_csv
 from ecc_yolo.eval.stats import DEFAULT_RESAMPLES, Bootstrap
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.policy import decide
-from ecc_yolo.codec import JPEG_QUALITY
 from ecc_yolo.routes import ADAPTED, ANSWERED_AS, CLOUD, CLOUD_JPEG, EDGE, EXIT_ROUTES, EXITS, EXTENSION, ROUTE_CODES
 
 # The method's headline goals (issue 16), judged in `summary["goals"]` (each with its figure, interval and threshold):
@@ -107,7 +109,8 @@ def evaluate(
         LOGGER.info(f"Reusing the cached model outputs in {out} (same model, data and imgsz)")
     LOGGER.info("Sweeping routers over offload ratios (pycocotools mAP)...")
     evaluator = RouteMixEvaluator(dataset, cache.detections, answered_as=ANSWERED_AS)
-    sweep = RouterSweep(cache, evaluator, seeds=seeds)
+    deploy = model_settings(model)
+    sweep = RouterSweep(cache, evaluator, margin=deploy.margin, seeds=seeds)
     curves = sweep.all_curves(RATIOS)
     LOGGER.info(f"Bootstrap: {bootstrap} image resamples...")
     start = time.time()
@@ -115,6 +118,7 @@ def evaluate(
     summary = summarise(curves, cache, evaluator, dataset, target, sweep, boot)
     if "MEANet" in curves:
         summary["meanet"] = multi_exit_summary(curves, sweep, dataset, boot)
+    summary["default_operating_point"] = default_operating_point(deploy, cache, evaluator)
     summary["bootstrap"] = {"resamples": bootstrap, "seed": bootstrap_seed, "level": 0.95,
                             "seconds": round(time.time() - start, 1)}
     if rate:
@@ -294,6 +298,24 @@ def goals(summary: dict[str, Any], target: float) -> dict[str, dict[str, Any]]:
                 _check("meanet.extension_share_in_sweep", meanet["extension_share_in_sweep"], 1e-12, ">=")],
                 met=equal["ratios_at_least_ecc_d"] >= GOAL_THREE_EXIT and meanet["extension_share_in_sweep"] > 0)
     return out
+
+
+def default_operating_point(deploy: DeploySettings, cache, evaluator: RouteMixEvaluator) -> dict[str, Any]:
+    """What `route=auto` without a budget does on these images, under the model's own router and under each other
+    router its settings hold a threshold for: the share it offloads (to compare with the share it was calibrated
+    to on the validation split), the share each route answers, and its mAP50-95."""
+    routers = {}
+    for router, threshold in deploy.thresholds.items():
+        if router == MEANET and cache.router is None:
+            continue
+        decision = replace(deploy, router=router).decide(cache.gate, cache.router)
+        routers[router] = {
+            "threshold": threshold,
+            "offload_share": float(decision.offloaded.mean()),
+            "route_shares": {r: float(decision.answered_by(r).mean()) for r in ROUTE_CODES},
+            "map": evaluator.map(evaluator.assignment(decision.routes))[0],
+        }
+    return {"router": deploy.router, "margin": deploy.margin, "calibration": deploy.calibration, "routers": routers}
 
 
 def equal_compute_weights(x: np.ndarray, xp: np.ndarray) -> np.ndarray:

@@ -152,6 +152,7 @@ class ECCModel(DetectionModel):
         self.route = ADAPTED
         self.frozen: tuple[str, ...] = ()  # parts kept in eval mode (set per stage: ecc_yolo.engine.trainer.freeze_parts)
         self.gate_threshold = GAIN_THRESHOLD  # route=auto offloads when the predicted gain exceeds this
+        self.deploy: dict = {}  # deployment settings written by the stage that fits them (ecc_yolo.deploy)
         self.criterion = None
         if verbose:
             self.info()
@@ -160,7 +161,7 @@ class ECCModel(DetectionModel):
         """Unpickle, giving checkpoints saved before a part existed the defaults of a cfg without it."""
         super().__setstate__(state)
         for name, default in (("adapted_cloud", None), ("extension", None), ("router", None),
-                              ("extension_layers", []), ("frozen", ()), ("gate_threshold", GAIN_THRESHOLD)):
+                              ("extension_layers", []), ("frozen", ()), ("gate_threshold", GAIN_THRESHOLD), ("deploy", {})):
             if name not in self.__dict__ and name not in self._modules:
                 setattr(self, name, default)
 

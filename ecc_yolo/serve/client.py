@@ -35,11 +35,13 @@ from ultralytics.data.build import load_inference_source
 from ultralytics.engine.results import Results
 from ultralytics.utils import LOGGER, TQDM, ops
 
+from ecc_yolo.args import user_overrides
 from ecc_yolo.codec import JPEG_QUALITY, encode_features, encode_jpeg
+from ecc_yolo.deploy import DeploySettings, resolve
 from ecc_yolo.edge import EdgeOutputs, EdgeRuntime, TorchEdge, load_edge
-from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.infer import detections, input_tensor, nms_settings
-from ecc_yolo.policy import Budget, BudgetController, decide
+from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.policy import Budget, BudgetController
 from ecc_yolo.routes import ADAPTED, AUTO, CLOUD, DEVICE_ROUTES, EDGE, EXTENSION, FALLBACK, STREAM_ROUTES
 from ecc_yolo.serve.engine import input_shape_for
 from ecc_yolo.serve.link import CloudLink, ModelMismatchError, OffloadError
@@ -62,6 +64,7 @@ class StreamSettings:
     conf: float = 0.25
     iou: float = 0.7
     max_det: int = 300
+    deploy: DeploySettings = field(default_factory=DeploySettings)  # route=auto's router, threshold and margin (ecc_yolo.deploy)
     classes: list[int] | None = None
     agnostic_nms: bool = False
     cloud: str | None = None  # server URL
@@ -73,12 +76,14 @@ class StreamSettings:
     backoff: tuple[float, float] = (0.5, 8.0)  # seconds: base and cap of the jittered back-off between probes
 
     @classmethod
-    def from_args(cls, args: Any, stride: int) -> StreamSettings:
-        """From validated arguments (imgsz checked against the model's `stride`; token falls back to the
-        ECC_YOLO_TOKEN environment variable)."""
-        return cls(route=args.route, imgsz=input_shape_for(args.imgsz, stride),
-                   conf=0.25 if args.conf is None else float(args.conf), iou=float(args.iou),
-                   max_det=int(args.max_det), classes=args.classes, agnostic_nms=bool(args.agnostic_nms),
+    def from_args(cls, args: Any, model: Any, overrides: dict[str, Any] | None = None) -> StreamSettings:
+        """From validated arguments and the model's (or edge runtime's) deployment settings, where `overrides`
+        (the `key=value` pairs the user gave; default: every non-empty deployment key of `args`) win (imgsz checked
+        against the model's stride; token falls back to the ECC_YOLO_TOKEN environment variable)."""
+        deploy = resolve(model, user_overrides(args) if overrides is None else overrides)
+        return cls(route=args.route, imgsz=input_shape_for(deploy.imgsz, int(model.stride)),
+                   conf=deploy.conf, iou=deploy.iou, max_det=deploy.max_det, deploy=deploy,
+                   classes=args.classes, agnostic_nms=bool(args.agnostic_nms),
                    cloud=args.cloud or None, token=resolve_token(args.token), timeout=float(args.timeout),
                    max_inflight=int(args.max_inflight), budget=Budget.parse(args.budget))
 
@@ -102,6 +107,7 @@ class _Frame:
     bytes_sent: int = 0
     deadline: float = 0.0
     done_at: list = field(default_factory=list)  # perf_counter of the answer, stamped by a future callback
+    fallback_cause: str | None = None  # cloud_unavailable, or the OffloadError kind (timeout, http_503, ...)
 
 
 class EdgeStreamClient:
@@ -166,7 +172,8 @@ class EdgeStreamClient:
         self.fps = fps = self._fps(dataset)
         if self.settings.budget is not None and self.settings.route == "auto":
             # the score the budget thresholds: the gate's predicted gain, or a multi-exit router's P(complex)
-            start = 0.5 if self.multi_exit else self.edge.gate_threshold
+            threshold = self.settings.deploy.threshold
+            start = threshold if threshold is not None else 0.5  # P(complex) = 0.5: MEANet's argmax
             self.controller = BudgetController(self.settings.budget, threshold=start, fps=fps)
         total = getattr(dataset, "frames", None) if getattr(dataset, "mode", "") == "video" else None
         bar = TQDM(total=total, desc="detect", unit="frame", disable=not progress)
@@ -215,21 +222,20 @@ class EdgeStreamClient:
             return self._answer_on_extension(frame, outputs, x, image)
         available = self.link.available()
         if route == AUTO:
-            if self.multi_exit:  # the router picks main, extension or cloud; main and extension stay on the device
-                decision = decide(exit_logits=outputs.router, controller=self.controller)
-            else:  # float64, as the gain was compared with the threshold before
-                decision = decide(np.asarray(outputs.gate, dtype=np.float64), controller=self.controller,
-                                  threshold=None if self.controller is not None else self.edge.gate_threshold)
+            # the model's router (a multi-exit edge's: main, extension or cloud; the gate's: edge, adapted or
+            # cloud); float64, as the gain was compared with the threshold before
+            decision = self.settings.deploy.decide(np.asarray(outputs.gate, dtype=np.float64), outputs.router,
+                                                   controller=self.controller)
             frame.gain = float(decision.scores[0])
             if decision.answered_by(EXTENSION)[0]:
                 if self.controller is not None:
                     self.controller.record(False, 0)
                 return self._answer_on_extension(frame, outputs, x, image)
-            wanted, target = bool(decision.offloaded[0]), ADAPTED
+            wanted, target = bool(decision.offloaded[0]), CLOUD if decision.answered_by(CLOUD)[0] else ADAPTED
         else:
             wanted, target = True, route
         if wanted and not available:
-            frame.route = FALLBACK
+            frame.route, frame.fallback_cause = FALLBACK, "cloud_unavailable"
             self.errors["cloud_unavailable"] += 1
         elif wanted:
             if target == ADAPTED:
@@ -290,7 +296,7 @@ class EdgeStreamClient:
                     det[:, :4] = ops.scale_boxes(frame.letterboxed_shape, det[:, :4], frame.image.shape[:2])
                 server_ms = answer.get("server_ms")
             else:
-                route = "fallback"
+                route, frame.fallback_cause = "fallback", error.kind
                 self.errors[error.kind] += 1
                 if frame.generation == self.link.reconnects:
                     self.link.failed(error)
@@ -311,6 +317,7 @@ class EdgeStreamClient:
                        "cls": int(row[5]), "name": self.names.get(int(row[5]), str(int(row[5])))} for row in det],
             "bytes_sent": frame.bytes_sent,
             "latency_ms": round(latency_ms, 3),
+            "fallback_cause": frame.fallback_cause,  # why an offloaded frame was answered by the edge (else None)
             **({"gain": round(frame.gain, 5)} if frame.gain is not None else {}),
             **({"server_ms": server_ms} if server_ms is not None else {}),
         }
@@ -352,7 +359,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{summary['fallbacks']} fallbacks" + (f" {summary['errors']}" if summary["errors"] else ""))
 
 
-def detect(args: Any, model: ECCModel | None = None) -> dict[str, Any]:
+def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a whole stream (`ecc-yolo detect`): results written under `<project>/<name>` when save=True, summary
     logged and returned (with `save_dir` when something was saved).
 
@@ -361,6 +368,8 @@ def detect(args: Any, model: ECCModel | None = None) -> dict[str, Any]:
             `{"model": "ecc.pt", "source": "video.mp4", "cloud": "http://127.0.0.1:8000", "route": "auto"}`.
         model: the ECC model to use instead of loading args.model (a checkpoint, zoo name, or an exported .onnx
             edge from `ecc-yolo export`).
+        overrides: the `key=value` pairs the user gave, which win over the model's deployment settings (default:
+            `args` itself when it is a dict, else the keys of `args` that differ from their defaults).
 
     Raises:
         ModelMismatchError: the server holds another model, or a smaller input size.
@@ -375,15 +384,18 @@ def detect(args: Any, model: ECCModel | None = None) -> dict[str, Any]:
     if isinstance(args, dict):
         from ecc_yolo.args import default_project, get_args
 
+        overrides = dict(args) if overrides is None else overrides
         args = get_args({"project": default_project(), "name": "detect", **args})
 
     device = select_device(args.device, verbose=False)
     edge = load_edge(model if model is not None else args.model, device)
-    settings = StreamSettings.from_args(args, edge.stride)
+    settings = StreamSettings.from_args(args, edge, overrides)
     fixed = getattr(edge, "imgsz", None)  # an exported graph has a fixed input size
     if fixed is not None and settings.imgsz != (fixed, fixed):
         LOGGER.info(f"detect: {args.model} was exported at imgsz={fixed}; using it")
         settings = dataclasses.replace(settings, imgsz=(fixed, fixed))
+    if settings.route == AUTO and args.verbose:
+        LOGGER.info(f"detect: {settings.deploy.describe()}")
     client = EdgeStreamClient(edge, settings, device=device)
     save_dir = get_save_dir(args) if args.save else None
     show = bool(args.show) and check_imshow(warn=True)  # no window on a headless machine, as in predict
