@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Router variants on the shipped zoo (docs/BENCHMARKS.md, section 5j): gain predictors fitted on the validation
+split's true per-frame gains, scored on the untouched test split with the benchmark's normalised score (0 = random
+routing, 1 = the reference oracle) and gain share at 20% offload, each with a 95% bootstrap interval.
+
+    python tools/router_variants.py --model ecc-synth2-q-n-160 --val runs/zoo/ecc-synth2-q-n-160/data/data.yaml \\
+        --test runs/zoo/ecc-synth2-q-n-160/test/data.yaml --out runs/router_variants \\
+        --record docs/benchmarks/router_variants.json
+
+Variants: the model's own gate (trained by stage=gate); ridge and MLP regressors on the edge output cues
+(`ecc_yolo.eval.cues`: confidences, ambiguity, half-seen and small boxes); the same on the gate's outputs, the exit
+router's logits and the cues together. MLPs are fitted at three seeds. ECC_D+'s margin is fitted on the validation
+split for each variant (`ecc_yolo.deploy.fit_margin`). The routes' outputs are cached in --out (val/, test/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+SEEDS = (0, 1, 2)
+SCORED = ("ECC_D", "ECC_I", "ECC_D+")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Fit, score and write the variants table."""
+    from ultralytics.utils.torch_utils import select_device
+
+    from ecc_yolo.checkpoint import load_ecc
+    from ecc_yolo.deploy import fit_margin, model_settings
+    from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
+    from ecc_yolo.eval.coco_eval import RouteMixEvaluator
+    from ecc_yolo.eval.cues import edge_output_cues, fit_gain_model
+    from ecc_yolo.eval.dataset import load_dataset
+    from ecc_yolo.eval.routers import RATIOS, RouterSweep, score_routers
+    from ecc_yolo.eval.stats import Bootstrap
+    from ecc_yolo.policy import decide
+    from ecc_yolo.routes import ANSWERED_AS, CLOUD, EDGE, ROUTE_CODES
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--val", required=True, help="data YAML whose validation split fits the variants")
+    p.add_argument("--test", required=True, help="data YAML whose validation split scores them (the test split)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--bootstrap", type=int, default=500)
+    p.add_argument("--record", default=None)
+    opt = p.parse_args(argv)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    start = time.time()
+    model, _ = load_ecc(opt.model)
+    imgsz = model_settings(model).imgsz
+    out = Path(opt.out)
+
+    def split(data: str, name: str):
+        dataset = load_dataset(data, model.names)
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        cache = load_cached(folder, cache_meta(model, dataset, imgsz))
+        if cache is None:
+            cache = run_routes(model, dataset, imgsz, 32, select_device("cpu", verbose=False))
+            cache.save(folder)
+        shapes = {img["id"]: (img["height"], img["width"]) for img in dataset.coco["images"]}
+        cues = edge_output_cues(cache.detections[EDGE], [shapes[i] for i in dataset.image_ids])
+        inputs = {"cues": cues, "gate+cues": np.hstack([cache.gate, *([cache.router] if cache.router is not None
+                                                                       else []), cues])}
+        return dataset, cache, RouteMixEvaluator(dataset, cache.detections, answered_as=ANSWERED_AS), inputs
+
+    _, val_cache, val_ev, val_x = split(opt.val, "val")
+    test_set, test_cache, test_ev, test_x = split(opt.test, "test")
+    val_gain = RouterSweep(val_cache, val_ev).true_gain
+    shipped_test_gate, shipped_val_gate = test_cache.gate.copy(), val_cache.gate.copy()
+    variants = {"gate (stage=gate)": (shipped_val_gate, shipped_test_gate)}
+    for inputs in ("cues", "gate+cues"):
+        model_fit = fit_gain_model(val_x[inputs], val_gain, "ridge", alpha=10.0)
+        variants[f"{inputs} ridge"] = (model_fit.predict(val_x[inputs]), model_fit.predict(test_x[inputs]))
+        for seed in SEEDS:
+            model_fit = fit_gain_model(val_x[inputs], val_gain, "mlp", seed=seed)
+            variants[f"{inputs} mlp seed {seed}"] = (model_fit.predict(val_x[inputs]), model_fit.predict(test_x[inputs]))
+
+    sweep = RouterSweep(test_cache, test_ev)
+    curves = sweep.all_curves(RATIOS)  # oracles and random once; the ECC routers are re-swept per variant below
+    boot = Bootstrap(len(test_set), opt.bootstrap, 0)
+    rows = []
+    for name, (val_pred, test_pred) in variants.items():
+        sweep.margin = fit_margin(val_pred, lambda codes: val_ev.map(val_ev.assignment(codes))[0])
+        test_cache.gate = np.asarray(test_pred, dtype=np.float64)
+        for router in SCORED:
+            curves[router] = sweep.curve(router, RATIOS)
+        scores = score_routers(curves, sweep, boot)
+        row = {"variant": name, "ecc_d_plus_margin": sweep.margin}
+        for router in SCORED:
+            row[router] = {k: scores[router][k].as_dict() for k in
+                           ("normalised_score", "gain_share_at_0.2", "gain_share_vs_oracle_at_0.2")}
+            jpeg_share = [float(np.mean(decide(test_cache.gate, ratio=r, margin=sweep.margin).routes
+                                          == ROUTE_CODES[CLOUD]))
+                          for r in RATIOS] if router == "ECC_D+" else None
+            if jpeg_share is not None:
+                row[router]["jpeg_share_by_ratio"] = jpeg_share
+        rows.append(row)
+        print(f"[variants] {name}: " + ", ".join(f"{r} {row[r]['normalised_score']['value']:.3f}" for r in SCORED))
+    oracle = {k: scores[k]["gain_share_at_0.2"].as_dict() for k in scores if k.startswith("best_oracle")}
+    result = {"model": str(opt.model), "val": opt.val, "test": opt.test, "images": {"val": len(val_cache.gate),
+              "test": len(test_set)}, "bootstrap": opt.bootstrap, "oracle_gain_share_at_0.2": oracle,
+              "variants": rows, "seconds": round(time.time() - start, 1)}
+    (out / "router_variants.json").write_text(json.dumps(result, indent=1))
+    if opt.record:
+        Path(opt.record).write_text(json.dumps(result, indent=1))
+    print(json.dumps(oracle))
+
+
+if __name__ == "__main__":
+    main()
