@@ -4,13 +4,13 @@ Two payload kinds:
 - an image (ECC_I): a standard JPEG (or PNG) file, produced by `encode_jpeg` and checked by `decode_image`;
 - features (ECC_A/ECC_D): the quantised adapter latents in the versioned binary format below.
 
-Feature payload, format version 1 (all integers little-endian)::
+Feature payload, format version 2 (all integers little-endian)::
 
     offset  size  field
     0       4     magic b"ECCF"
-    4       2     version (u16) = 1
+    4       2     version (u16) = 2
     6       1     kind (u8) = 1 (features)
-    7       1     body codec (u8): 0 raw, 1 zlib/deflate
+    7       1     body codec (u8): 0 raw, 1 zlib/deflate, 2 range (see below)
     8       16    model fingerprint (first 16 bytes of a SHA-256 over the model's weights)
     24      8     original image height, width; network input height, width (4 x u16, pixels)
     32      1     number of tensors T (u8, 1..MAX_TENSORS)
@@ -18,10 +18,16 @@ Feature payload, format version 1 (all integers little-endian)::
     36      4     body length before compression (u32)
     40      4     body length as sent (u32)
     44      ...   T tensor records: cloud layer (u16), bits (u8), reserved (u8), C, H, W (3 x u16),
-                  reserved (u16), then scale float32[C] and offset float32[C]
+                  reserved (u16), then scale float16[C] and offset float16[C]
     ...     ...   body: for each tensor in record order, its C*H*W codes (C, H, W order) packed MSB-first at
-                  `bits` bits per value, padded to a whole byte
+                  `bits` bits per value, padded to a whole byte ("body length before compression" is this size)
     end-4   4     CRC-32 of every byte before it
+
+Body codecs: raw sends the body as is; zlib deflates it; range codes each tensor's codes with a range coder
+(`constriction`'s queue RangeEncoder) under that tensor's own static model: per tensor, 2**bits u8 weights (the
+symbol's share of the tensor's codes, scaled so that the largest is 255, at least 1 for a symbol that occurs), a u32
+count of 32-bit words, then the words. `encode_features` sends whichever of the three is smallest (coder="auto").
+Version 1 (float32 scales, no range coder) is refused: both ends run the same build.
 
 A value is reconstructed as `code * scale[c] + offset[c]`; every reconstructed value must be finite and within
 +-MAX_LATENT. Decoding checks every field (reserved ones must be zero), every length and the CRC before it
@@ -42,9 +48,10 @@ import cv2
 import numpy as np
 
 MAGIC = b"ECCF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KIND_FEATURES = 1
-CODEC_RAW, CODEC_ZLIB = 0, 1
+CODEC_RAW, CODEC_ZLIB, CODEC_RANGE = 0, 1, 2
+CODERS = {"raw": CODEC_RAW, "deflate": CODEC_ZLIB, "range": CODEC_RANGE}  # `coder=` of encode_features, besides auto
 FINGERPRINT_BYTES = 16
 MAX_TENSORS = 16
 MAX_SIDE = 16384  # pixels, for image and input sizes
@@ -60,6 +67,7 @@ JPEG_QUALITY = 30
 _HEADER = struct.Struct("<4sHBB16s4HB3sII")
 _RECORD = struct.Struct("<HBBHHHH")
 _CRC = struct.Struct("<I")
+_WORDS = struct.Struct("<I")
 
 
 class PayloadError(ValueError):
@@ -129,8 +137,54 @@ def unpack_codes(buf: bytes, bits: int, n_values: int) -> np.ndarray:
     return np.packbits(full, axis=1).reshape(-1)
 
 
-def encode_features(payload: FeaturePayload, level: int = 6) -> bytes:
-    """Serialise a feature payload (zlib body at `level`; level 0 sends the body raw)."""
+def range_model(weights: np.ndarray):
+    """The range coder's categorical model of one tensor from its 2**bits u8 weights (both ends compute it the
+    same way from the same bytes)."""
+    import constriction
+
+    probs = weights.astype(np.float64) / float(weights.sum())
+    return constriction.stream.model.Categorical(probs.astype(np.float32), perfect=False)
+
+
+def range_encode(codes: np.ndarray, bits: int) -> bytes:
+    """One tensor's codes as the range body codec's record: weights, word count, words."""
+    import constriction
+
+    flat = np.ascontiguousarray(codes, dtype=np.int32).reshape(-1)
+    counts = np.bincount(flat, minlength=1 << bits).astype(np.float64)
+    weights = np.where(counts > 0, np.maximum(np.round(counts / counts.max() * 255), 1), 0).astype(np.uint8)
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(flat, range_model(weights))
+    words = encoder.get_compressed().astype("<u4")
+    return weights.tobytes() + _WORDS.pack(len(words)) + words.tobytes()
+
+
+def range_decode(sent, pos: int, end: int, bits: int, n_values: int) -> tuple[np.ndarray, int]:
+    """Decode one tensor's codes from the range body at `pos` (not past `end`); returns (uint8 codes, next pos).
+    Work and memory are bounded by `n_values` (checked against MAX_VALUES by the caller) and the words present."""
+    import constriction
+
+    k = 1 << bits
+    if pos + k + _WORDS.size > end:
+        raise PayloadError("range body truncated inside a tensor's model")
+    weights = np.frombuffer(sent, np.uint8, k, pos)
+    if not weights.any():
+        raise PayloadError("range body: a tensor's model has no symbol")
+    (n_words,) = _WORDS.unpack_from(sent, pos + k)
+    pos += k + _WORDS.size
+    if pos + 4 * n_words > end:
+        raise PayloadError("range body truncated inside a tensor's words")
+    words = np.frombuffer(sent, "<u4", n_words, pos).astype(np.uint32)
+    try:
+        codes = constriction.stream.queue.RangeDecoder(words).decode(range_model(weights), n_values)
+    except (ValueError, RuntimeError, AssertionError) as e:
+        raise PayloadError(f"range body: a tensor's words do not decode ({e})") from None
+    return np.asarray(codes, dtype=np.uint8), pos + 4 * n_words
+
+
+def encode_features(payload: FeaturePayload, coder: str = "auto") -> bytes:
+    """Serialise a feature payload with body codec `coder` (raw, deflate, range; auto: the smallest of the three).
+    Scales and offsets travel as float16 (`ecc_yolo.nn.adapters.quantize` makes them float16-exact)."""
     if len(payload.fingerprint) != FINGERPRINT_BYTES:
         raise ValueError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
     if not 1 <= len(payload.tensors) <= MAX_TENSORS:
@@ -141,15 +195,25 @@ def encode_features(payload: FeaturePayload, level: int = 6) -> bytes:
         if not 1 <= t.bits <= 8 or (t.codes.size and int(t.codes.max()) >= 1 << t.bits):
             raise ValueError(f"tensor {t.layer}: codes do not fit in {t.bits} bits")
         records.append(_RECORD.pack(t.layer, t.bits, 0, c, h, w, 0))
-        records.append(np.asarray(t.scale, "<f4").tobytes() + np.asarray(t.offset, "<f4").tobytes())
+        records.append(np.asarray(t.scale, "<f2").tobytes() + np.asarray(t.offset, "<f2").tobytes())
         bodies.append(pack_codes(t.codes, t.bits))
     body = b"".join(bodies)
-    sent = zlib.compress(body, level) if level else body
+    if coder not in (*CODERS, "auto"):
+        raise ValueError(f"coder must be one of {', '.join(CODERS)} or auto, got {coder!r}")
+    candidates = {}
+    for name in CODERS if coder == "auto" else (coder,):
+        if name == "raw":
+            candidates[CODEC_RAW] = body
+        elif name == "deflate":
+            candidates[CODEC_ZLIB] = zlib.compress(body, 6)
+        else:
+            candidates[CODEC_RANGE] = b"".join(range_encode(t.codes, t.bits) for t in payload.tensors)
+    codec, sent = min(candidates.items(), key=lambda item: (len(item[1]), item[0]))
     header = _HEADER.pack(
         MAGIC,
         FORMAT_VERSION,
         KIND_FEATURES,
-        CODEC_ZLIB if level else CODEC_RAW,
+        codec,
         payload.fingerprint,
         *payload.image_shape,
         *payload.input_shape,
@@ -203,7 +267,7 @@ def _decode_features(data, expected_fingerprint, expected_shapes, max_bytes) -> 
         raise PayloadError(f"unsupported payload version {version} (this build reads version {FORMAT_VERSION})")
     if kind != KIND_FEATURES:
         raise PayloadError(f"unsupported payload kind {kind}")
-    if codec not in (CODEC_RAW, CODEC_ZLIB):
+    if codec not in CODERS.values():
         raise PayloadError(f"unknown body codec {codec}")
     (crc,) = _CRC.unpack_from(data, n - _CRC.size)
     if zlib.crc32(data[: n - _CRC.size]) != crc:
@@ -232,11 +296,11 @@ def _decode_features(data, expected_fingerprint, expected_shapes, max_bytes) -> 
             raise PayloadError(f"tensor {layer}: bits {bits} out of range 1..8")
         if min(c, h, w) < 1 or c * h * w > MAX_VALUES:
             raise PayloadError(f"tensor {layer}: shape ({c}, {h}, {w}) out of range")
-        end = pos + 8 * c
+        end = pos + 4 * c
         if end > n - _CRC.size:
             raise PayloadError(f"tensor {layer}: payload truncated inside its scales")
-        scale = np.frombuffer(data, "<f4", c, pos).astype(np.float32)
-        offset = np.frombuffer(data, "<f4", c, pos + 4 * c).astype(np.float32)
+        scale = np.frombuffer(data, "<f2", c, pos).astype(np.float32)
+        offset = np.frombuffer(data, "<f2", c, pos + 2 * c).astype(np.float32)
         if not (np.isfinite(scale).all() and np.isfinite(offset).all() and (scale > 0).all()):
             raise PayloadError(f"tensor {layer}: non-finite or non-positive quantisation parameters")
         top = offset.astype(np.float64) + scale.astype(np.float64) * ((1 << bits) - 1)  # largest code's value
@@ -257,6 +321,14 @@ def _decode_features(data, expected_fingerprint, expected_shapes, max_bytes) -> 
             raise PayloadError(f"tensor shapes {got} do not match what this model needs ({expected_shapes})")
 
     sent = data[pos : pos + sent_len]
+    if codec == CODEC_RANGE:  # decoded tensor by tensor, straight into codes
+        tensors, pos = [], 0
+        for layer, bits, c, h, w, scale, offset in specs:
+            codes, pos = range_decode(sent, pos, sent_len, bits, c * h * w)
+            tensors.append(QuantizedTensor(layer, bits, codes.reshape(c, h, w), scale, offset))
+        if pos != sent_len:
+            raise PayloadError(f"range body has {sent_len - pos} bytes after its last tensor")
+        return FeaturePayload(fingerprint, (ih, iw), (nh, nw), tuple(tensors))
     if codec == CODEC_RAW:
         body = sent
     else:

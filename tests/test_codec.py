@@ -37,8 +37,8 @@ def _payload(rng: np.random.Generator, bits=(4, 8, 2)) -> FeaturePayload:
                 layer=layer,
                 bits=b,
                 codes=rng.integers(0, 1 << b, (c, h, w), dtype=np.uint8),
-                scale=rng.uniform(0.01, 1, c).astype(np.float32),
-                offset=rng.normal(size=c).astype(np.float32),
+                scale=rng.uniform(0.01, 1, c).astype(np.float16).astype(np.float32),  # float16 on the wire
+                offset=rng.normal(size=c).astype(np.float16).astype(np.float32),
             )
         )
     return FeaturePayload(FP, (480, 640), (256, 320), tuple(tensors))
@@ -56,10 +56,15 @@ def test_pack_unpack_every_bit_width(bits):
     assert np.array_equal(unpack_codes(packed, bits, 1001), codes)
 
 
-@pytest.mark.parametrize("level", [0, 6])
-def test_round_trip(level):
+CODERS = ("raw", "deflate", "range", "auto")
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_round_trip(coder):
     p = _payload(np.random.default_rng(1))
-    q = decode_features(encode_features(p, level), expected_fingerprint=FP, expected_shapes=_shapes(p))
+    data = encode_features(p, coder)
+    assert data[7] == {"raw": 0, "deflate": 1, "range": 2}.get(coder, data[7])  # the body codec byte
+    q = decode_features(data, expected_fingerprint=FP, expected_shapes=_shapes(p))
     assert q.fingerprint == FP and q.image_shape == (480, 640) and q.input_shape == (256, 320)
     for a, b in zip(p.tensors, q.tensors):
         assert (a.layer, a.bits) == (b.layer, b.bits)
@@ -82,9 +87,9 @@ def _refused_by_a_field_check(data: bytes) -> str:
     return message
 
 
-@pytest.mark.parametrize("level", [0, 6])
-def test_every_truncation_is_refused_by_the_lengths_not_only_the_crc(level):
-    data = encode_features(_payload(np.random.default_rng(2)), level)
+@pytest.mark.parametrize("coder", ("raw", "deflate", "range"))
+def test_every_truncation_is_refused_by_the_lengths_not_only_the_crc(coder):
+    data = encode_features(_payload(np.random.default_rng(2)), coder)
     for n in range(len(data)):  # plain truncation: the CRC alone may catch these
         with pytest.raises(PayloadError):
             decode_features(data[:n])
@@ -97,8 +102,8 @@ def test_bit_flips_in_header_and_records_are_refused_or_canonical():
     yields a payload that is exactly what the bytes say (it re-encodes to the same bytes) and in range."""
     rng = np.random.default_rng(3)
     p = _payload(rng)
-    data = encode_features(p, level=0)
-    fields_end = 44 + sum(12 + 8 * t.shape[0] for t in p.tensors)  # header + records (codec docstring)
+    data = encode_features(p, "raw")
+    fields_end = 44 + sum(12 + 4 * t.shape[0] for t in p.tensors)  # header + records (codec docstring)
     accepted = refused = 0
     for _ in range(600):
         corrupt = bytearray(data[:-4])
@@ -113,7 +118,7 @@ def test_bit_flips_in_header_and_records_are_refused_or_canonical():
             refused += 1
             continue
         accepted += 1  # e.g. a fingerprint bit, a scale's low mantissa bit: another valid payload
-        assert encode_features(q, level=0)[:-4] == bytes(corrupt)
+        assert encode_features(q, "raw")[:-4] == bytes(corrupt)
         for t in q.tensors:
             values = t.dequantize()
             assert np.isfinite(values).all() and (t.scale > 0).all() and np.abs(values).max() <= MAX_LATENT
@@ -125,7 +130,8 @@ def test_quantisation_parameters_out_of_range_are_refused():
     t = p.tensors[0]
     for scale, offset, message in [
         (np.inf, 0.0, "non-finite"), (np.nan, 0.0, "non-finite"), (0.0, 0.0, "non-positive"),
-        (-1.0, 0.0, "non-positive"), (1.0, np.nan, "non-finite"), (1e30, 0.0, "beyond"), (1.0, -1e6, "beyond"),
+        (-1.0, 0.0, "non-positive"), (1.0, np.nan, "non-finite"),
+        (1e30, 0.0, "non-finite"), (1.0, -1e6, "non-finite"),  # beyond float16: infinite on the wire
         (5000.0, 0.0, "beyond"),  # a 4-bit tensor: offset 0 is fine, but code 15 would be 75000
     ]:
         bad = dataclasses.replace(t, scale=np.full_like(t.scale, scale), offset=np.full_like(t.offset, offset))
@@ -145,7 +151,7 @@ def _with_header(data: bytes, offset: int, fmt: str, value) -> bytes:
     "offset, fmt, value, message",
     [
         (0, "<4s", b"JUNK", "bad magic"),
-        (4, "<H", 2, "unsupported payload version 2"),
+        (4, "<H", 1, "unsupported payload version 1"),  # float32 scales, before the range coder
         (6, "<B", 7, "kind"),
         (7, "<B", 9, "codec"),
         (24, "<H", 0, "image height"),
@@ -198,7 +204,7 @@ def test_wrong_fingerprint_shape_and_size_are_refused():
 
 def test_decompression_bomb_is_refused_before_inflating():
     p = _payload(np.random.default_rng(8), bits=(1, 1, 1))
-    data = bytearray(encode_features(p, level=0))
+    data = bytearray(encode_features(p, "raw"))
     # Claim a small body but send a highly compressible huge one.
     bomb = zlib.compress(b"\x00" * (50 << 20))
     header_len = len(data) - 4 - sum((t.codes.size * t.bits + 7) // 8 for t in p.tensors)
@@ -243,3 +249,59 @@ def test_images_are_checked_before_decoding():
         decode_image(jpeg, max_pixels=48 * 64 - 1)
     with pytest.raises(PayloadError, match="exceeds the limits"):
         decode_image(jpeg, max_side=63)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_the_range_coder_round_trips_every_bit_width_exactly(bits):
+    rng = np.random.default_rng(100 + bits)
+    peaked = np.clip(np.round(rng.normal((1 << bits) / 2, (1 << bits) / 8, (8, 10, 10))), 0, (1 << bits) - 1)
+    for codes in (peaked.astype(np.uint8), rng.integers(0, 1 << bits, (3, 7, 5), dtype=np.uint8),
+                  np.zeros((2, 4, 4), np.uint8), np.full((1, 1, 1), (1 << bits) - 1, np.uint8)):
+        t = QuantizedTensor(4, bits, codes, np.ones(codes.shape[0], np.float32), np.zeros(codes.shape[0], np.float32))
+        p = FeaturePayload(FP, (64, 64), (64, 64), (t,))
+        q = decode_features(encode_features(p, "range"))
+        assert np.array_equal(q.tensors[0].codes, codes)
+
+
+def test_auto_sends_the_smallest_body_and_the_range_coder_wins_on_peaked_codes():
+    rng = np.random.default_rng(11)
+    codes = np.clip(np.round(rng.normal(8, 1.0, (16, 20, 20))), 0, 15).astype(np.uint8)  # ~2 bits of entropy
+    t = QuantizedTensor(4, 4, codes, np.ones(16, np.float32), np.zeros(16, np.float32))
+    p = FeaturePayload(FP, (160, 160), (160, 160), (t,))
+    sizes = {c: len(encode_features(p, c)) for c in ("raw", "deflate", "range")}
+    assert len(encode_features(p)) == min(sizes.values()) == sizes["range"] < 0.7 * sizes["raw"], sizes
+
+
+def test_corrupt_range_bodies_are_refused_or_decode_within_range():
+    p = _payload(np.random.default_rng(12))
+    data = encode_features(p, "range")
+    body_start = 44 + sum(12 + 4 * t.shape[0] for t in p.tensors)
+    k = 1 << p.tensors[0].bits
+    no_symbol = bytearray(data[:-4])
+    no_symbol[body_start : body_start + k] = bytes(k)  # a model with no symbol
+    assert "no symbol" in _refused_by_a_field_check(_sealed(no_symbol))
+    many_words = bytearray(data[:-4])
+    struct.pack_into("<I", many_words, body_start + k, 1 << 30)  # more words than the body holds
+    assert "truncated" in _refused_by_a_field_check(_sealed(many_words))
+    rng = np.random.default_rng(13)
+    for _ in range(200):  # flipped bits in the words: another valid payload, codes within their bit width
+        corrupt = bytearray(data[:-4])
+        pos = int(rng.integers(body_start, len(corrupt)))
+        corrupt[pos] ^= 1 << int(rng.integers(0, 8))
+        try:
+            q = decode_features(_sealed(corrupt))
+        except PayloadError as e:
+            assert "checksum" not in str(e) and not str(e).startswith("malformed payload"), str(e)
+            continue
+        assert all(int(t.codes.max(initial=0)) < 1 << t.bits for t in q.tensors)
+
+
+def test_quantisation_parameters_are_float16_exact_so_the_cloud_sees_what_training_saw():
+    from ecc_yolo.nn.adapters import dequantize, quantize
+
+    z = torch.randn(2, 5, 6, 6) * 3 + 1
+    codes, scale, offset = quantize(z, 4)
+    assert torch.equal(scale, scale.half().float()) and torch.equal(offset, offset.half().float())
+    t = QuantizedTensor(4, 4, codes[0].to(torch.uint8).numpy(), scale[0].numpy(), offset[0].numpy())
+    received = decode_features(encode_features(FeaturePayload(FP, (6, 6), (6, 6), (t,)))).tensors[0]
+    assert np.array_equal(received.dequantize(), dequantize(codes, scale, offset)[0].numpy())

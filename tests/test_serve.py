@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ecc_yolo.checkpoint import load_ecc
-from ecc_yolo.codec import encode_features, encode_jpeg
+from ecc_yolo.codec import FORMAT_VERSION, encode_features, encode_jpeg
 from ecc_yolo.infer import input_tensor
 from ecc_yolo.serve.batcher import MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine
@@ -105,7 +105,7 @@ def test_health_and_model_description(server, device_model):
     assert {int(k): v for k, v in info["names"].items()} == device_model.names
     assert info["imgsz"] == [IMGSZ, IMGSZ] and info["auth"] is True and info["max_body"] == MAX_BODY
     assert (info["max_concurrency"], info["max_queue"], info["timeout"]) == (64, 256, 5.0)
-    assert info["cfg"]["name"] == device_model.spec.name and info["payload_version"] == 1
+    assert info["cfg"]["name"] == device_model.spec.name and info["payload_version"] == FORMAT_VERSION == 2
 
 
 def test_features_route_matches_in_process_cloud_tail(server, device_model):
@@ -209,7 +209,7 @@ def test_a_pickle_is_never_unpickled_even_inside_a_well_framed_payload(server, d
     evil = pickle.dumps(_Touch(marker))
     good = payload_bytes(device_model, frames(1, seed=6)[0])
     payload = decode_features(good)
-    raw = bytearray(encode_features(payload, level=0))  # a raw body: the pickle's bytes are the codes
+    raw = bytearray(encode_features(payload, "raw"))  # a raw body: the pickle's bytes are the codes
     body_len = struct.unpack_from("<I", raw, 36)[0]
     head = raw[: len(raw) - 4 - body_len]
 

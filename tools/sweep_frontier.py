@@ -23,18 +23,21 @@ from pathlib import Path
 
 import yaml
 
-# name -> (entry, {cloud cut layer: bottleneck channels sent}, bits per value). The zoo's cfg enters YOLO11n's neck at
-# layer 11 (cut set P3/P4/P5 = layers 4, 6, 10); entering at 7 needs layers 4 and 6, at 5 layer 4 only, and the
-# cloud then runs more of its backbone on the adapted features.
+# name -> (entry, {cloud cut layer: bottleneck channels sent}, bits per value, extra `ecc-yolo train` arguments). The
+# zoo's cfg enters YOLO11n's neck at layer 11 (cut set P3/P4/P5 = layers 4, 6, 10); entering at 7 needs layers 4 and
+# 6, at 5 layer 4 only, and the cloud then runs more of its backbone on the adapted features. `rate=` weighs the
+# adapt loss's rate term (bits per value, `ecc_yolo.losses.rate_bits`): rate-distortion training.
 DESIGNS = {
-    "base": (11, {4: 8, 6: 16, 10: 32}, 4),  # the shipped zoo's design, at the sweep's epochs
-    "bits2": (11, {4: 8, 6: 16, 10: 32}, 2),
-    "bits8": (11, {4: 8, 6: 16, 10: 32}, 8),
-    "half": (11, {4: 4, 6: 8, 10: 16}, 4),
-    "half-bits2": (11, {4: 4, 6: 8, 10: 16}, 2),
-    "double": (11, {4: 16, 6: 32, 10: 64}, 4),
-    "entry7": (7, {4: 8, 6: 16}, 4),
-    "entry5": (5, {4: 8}, 4),
+    "base": (11, {4: 8, 6: 16, 10: 32}, 4, ()),  # the shipped zoo's design, at the sweep's epochs
+    "bits2": (11, {4: 8, 6: 16, 10: 32}, 2, ()),
+    "bits8": (11, {4: 8, 6: 16, 10: 32}, 8, ()),
+    "half": (11, {4: 4, 6: 8, 10: 16}, 4, ()),
+    "half-bits2": (11, {4: 4, 6: 8, 10: 16}, 2, ()),
+    "double": (11, {4: 16, 6: 32, 10: 64}, 4, ()),
+    "entry7": (7, {4: 8, 6: 16}, 4, ()),
+    "entry5": (5, {4: 8}, 4, ()),
+    "base-rd0.5": (11, {4: 8, 6: 16, 10: 32}, 4, ("rate=0.5",)),
+    "base-rd2": (11, {4: 8, 6: 16, 10: 32}, 4, ("rate=2.0",)),
 }
 SWEEP_EPOCHS = 16  # per design; the shipped zoo's adapt stage ran 24 (the 2-core time budget of one session)
 
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     edge = zoo / "runs" / "edge" / "weights" / "best.pt"
     stages = Stages(out, chain=False)
     for name in opt.design or ([] if opt.report else list(DESIGNS)):
-        entry, bottlenecks, bits = DESIGNS[name]
+        entry, bottlenecks, bits, extra = DESIGNS[name]
         cfg_path = out / "cfgs" / f"{name}.yaml"
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
         cfg_path.write_text(yaml.safe_dump(design_cfg(base, entry, bottlenecks, bits, name), sort_keys=False))
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         stages.run(name, ["train", f"model={cfg_path}", f"pretrained={edge}", "stage=adapt", f"name={name}",
                           f"data={zoo / 'data' / 'data.yaml'}", f"imgsz={preset['imgsz']}", f"batch={preset['batch']}",
                           "device=cpu", f"project={out / 'runs'}", "exist_ok=True", "plots=False",
-                          f"seed={TRAIN_SEED}", f"epochs={opt.epochs}", *stage_args(preset, "adapt")],
+                          f"seed={TRAIN_SEED}", f"epochs={opt.epochs}", *stage_args(preset, "adapt"), *extra],
                    run_dir / "weights" / "best.pt", run_dir=run_dir)
         measure(name, run_dir / "weights" / "best.pt", zoo, out, preset)
     if opt.report:
@@ -89,17 +92,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def measure(name: str, weights: Path, zoo: Path, out: Path, preset: dict) -> None:
-    """design_point on the test and the validation split -> <out>/points/<name>.json (skipped when present)."""
+    """design_point on the test and the validation split -> <out>/points/<name>.json (skipped when present for
+    these weights and this payload format)."""
     from ecc_yolo.checkpoint import load_ecc
+    from ecc_yolo.codec import FORMAT_VERSION
     from ecc_yolo.eval.frontier import design_point
 
     path = out / "points" / f"{name}.json"
-    if path.is_file() and json.loads(path.read_text()).get("weights_mtime") == weights.stat().st_mtime:
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    if (done.get("weights_mtime"), done.get("payload_version")) == (weights.stat().st_mtime, FORMAT_VERSION):
         return
     model, _ = load_ecc(weights, device="cpu")
     splits = {"test": zoo / "test" / "data.yaml", "val": zoo / "data" / "data.yaml"}
     point = {"name": name, "design_cfg": DESIGNS[name], "weights": str(weights),
-             "weights_mtime": weights.stat().st_mtime,
+             "weights_mtime": weights.stat().st_mtime, "payload_version": FORMAT_VERSION,
              **{split: design_point(model, data, out / "eval" / split / name, preset["imgsz"], preset["batch"])
                 for split, data in splits.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.routes import ADAPTED, CLOUD, CLOUD_JPEG, EDGE, EXTENSION
 
 EVAL_NMS = VALIDATION_NMS  # what the cache records it was made with
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: payload format 2 (float16 scales, range coder) changes feature_bytes
 
 
 @dataclass
