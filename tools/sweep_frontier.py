@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="cpu", help="the zoo run's preset (cfg, image size, batch, adapt settings)")
     p.add_argument("--design", action="append", choices=sorted(DESIGNS), help="designs to run (default: all)")
     p.add_argument("--epochs", type=int, default=SWEEP_EPOCHS)
-    p.add_argument("--report", default=None, help="write frontier.json here (and frontier.md/png beside the sweep)")
+    p.add_argument("--report", default=None, help="write the frontier (JSON) here, its table beside it (.md)")
+    p.add_argument("--rate", default="docs/benchmarks/zoo2-test-rate.csv", help="the image codec's rate curve (test)")
+    p.add_argument("--plot", default="docs/images/frontier.png")
     opt = p.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     preset = PRESETS[opt.preset]
@@ -86,9 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                    run_dir / "weights" / "best.pt", run_dir=run_dir)
         measure(name, run_dir / "weights" / "best.pt", zoo, out, preset)
     if opt.report:
-        from ecc_yolo.eval.frontier_report import write_report
-
-        write_report(out, zoo, Path(opt.report))
+        write_report(out, Path(opt.report), Path(opt.rate), Path(opt.plot))
 
 
 def measure(name: str, weights: Path, zoo: Path, out: Path, preset: dict) -> None:
@@ -112,6 +112,40 @@ def measure(name: str, weights: Path, zoo: Path, out: Path, preset: dict) -> Non
     path.write_text(json.dumps(point, indent=1))
     print(f"[frontier] {name}: test adapted {point['test']['map']['adapted']}, "
           f"{point['test']['feature_bytes']['mean']:.0f} B, {point['test']['gflops']['end_to_end_share_of_cloud']}")
+
+
+def write_report(out: Path, record: Path, rate_csv: Path, plot: Path) -> None:
+    """frontier.json (every measured point, the rows with the goal checks), frontier.md and the plot."""
+    import csv
+
+    from ecc_yolo.eval.frontier import frontier_rows, plot_frontier
+
+    points = [json.loads(p.read_text()) for p in sorted((out / "points").glob("*.json"))]
+    for point in points:
+        record_file = out / "records" / f"{point['name']}.json"
+        if record_file.is_file():  # the training step's record: epochs and wall time
+            step = json.loads(record_file.read_text())
+            point["epochs"], point["train_seconds"] = step.get("metrics", {}).get("epochs"), step.get("seconds")
+    rate_rows = list(csv.DictReader(rate_csv.open()))
+    rows = frontier_rows(points, rate_rows)
+    cloud = points[0]["test"]["map"]["cloud"]["value"] if points else None
+    plot_frontier(rows, rate_rows, plot, cloud)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"rows": rows, "points": points}, indent=1))
+    head = ("| design | entry | cut | bottleneck | bits | mAP50-95 [95% CI] | bytes/frame (raw / deflate / range; sent) "
+            "| end-to-end GFLOPs / cloud | best JPEG at <= these bytes | goal |")
+    lines = [head, "|---" * 10 + "|"]
+    for r in rows:
+        c, ci = r["bytes_by_coder"], r["map"]["ci"] or [float("nan")] * 2
+        jpeg = r["best_jpeg_at_these_bytes"]
+        jpeg_text = "none" if jpeg is None else f"q{jpeg['quality']} x{float(jpeg['scale']):g}: {float(jpeg['map']):.3f}"
+        lines.append(f"| {r['name']} | {r['entry']} | {r['cut']} | {r['bottleneck']} | {r['bits'][0]} | "
+                     f"{r['map']['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {c.get('raw', 0):.0f} / "
+                     f"{c.get('deflate', 0):.0f} / {c.get('range', 0):.0f}; {r['bytes']:.0f} | "
+                     f"{r['gflops']['end_to_end_share_of_cloud']:.3f} | {jpeg_text} | "
+                     f"{'met' if r['goal']['met'] else 'not met'} |")
+    record.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import TQDM
 
-from ecc_yolo.codec import JPEG_QUALITY, encode_features, transmit
+from ecc_yolo.codec import CODERS, JPEG_QUALITY, encode_features, transmit
 from ecc_yolo.costs import ecc_costs
 from ecc_yolo.eval.dataset import EvalDataset
 from ecc_yolo.infer import VALIDATION_NMS, detections, input_tensor, route_end2end
@@ -40,7 +40,8 @@ class RouteCache:
         detections: route -> list (one per image) of (N, 6) float32 [x1, y1, x2, y2, conf, cls] in image pixels.
         gate: (I, 2) predicted gains (adapted, cloud).
         router: (I, 3) exit logits (main, extension, cloud) of a multi-exit edge, else None.
-        feature_bytes: (I,) size of each image's feature payload.
+        feature_bytes: (I,) size of each image's feature payload (the smallest body codec, as the device sends it).
+        coder_bytes: body codec name (`ecc_yolo.codec.CODERS`) -> (I,) payload size with that codec.
         jpeg_bytes: (I,) size of each image's letterboxed JPEG.
         costs: `ecc_costs` of the model at the evaluation size.
         meta: model fingerprint, dataset fingerprint, imgsz, NMS settings.
@@ -53,12 +54,15 @@ class RouteCache:
     costs: dict[str, Any]
     meta: dict[str, Any]
     router: np.ndarray | None = None
+    coder_bytes: dict[str, np.ndarray] | None = None
 
     def save(self, folder: Path) -> None:
         """Write cache.npz and cache.json into `folder`."""
         arrays = {"gate": self.gate, "feature_bytes": self.feature_bytes, "jpeg_bytes": self.jpeg_bytes}
         if self.router is not None:
             arrays["router"] = self.router
+        for coder, sizes in (self.coder_bytes or {}).items():
+            arrays[f"coder_bytes_{coder}"] = sizes
         for route, dets in self.detections.items():
             arrays[f"{route}_counts"] = np.array([len(d) for d in dets], dtype=np.int64)
             arrays[f"{route}_dets"] = np.concatenate(dets) if dets else np.zeros((0, 6), np.float32)
@@ -76,7 +80,9 @@ class RouteCache:
                 counts, dets = z[f"{route}_counts"], z[f"{route}_dets"]
                 detections[route] = np.split(dets, np.cumsum(counts)[:-1]) if len(counts) else []
             router = z["router"] if "router" in z else None
-            return cls(detections, z["gate"], z["feature_bytes"], z["jpeg_bytes"], info["costs"], info["meta"], router)
+            coder_bytes = {k[len("coder_bytes_"):]: z[k] for k in z.files if k.startswith("coder_bytes_")} or None
+            return cls(detections, z["gate"], z["feature_bytes"], z["jpeg_bytes"], info["costs"], info["meta"], router,
+                       coder_bytes)
 
 
 def cache_meta(model: ECCModel, dataset: EvalDataset, imgsz: int) -> dict[str, Any]:
@@ -113,7 +119,8 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
     end2end = route_end2end(model)
     keep = model.device_layers
     found: dict[str, list[np.ndarray]] = {r: [] for r in (*model.routes, CLOUD_JPEG)}
-    gate, router, feature_bytes, jpeg_bytes = [], [], [], []
+    gate, router, jpeg_bytes = [], [], []
+    coder_bytes: dict[str, list[int]] = {coder: [] for coder in CODERS}
     starts = range(0, len(dataset), batch)
     bar = TQDM(starts, total=len(starts), desc="running edge, adapted and cloud routes") if progress else starts
     for start in bar:
@@ -135,14 +142,16 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
             head = end2end[CLOUD if route == CLOUD_JPEG else route]
             found[route] += [d.cpu().numpy() for d in detections(out, head, EVAL_NMS, (imgsz, imgsz), shapes)]
         for payload, (_, n_bytes), im in zip(payloads, sent, originals):
-            feature_bytes.append(len(encode_features(replace(payload, image_shape=tuple(im.shape[:2])))))
+            for coder, sizes in coder_bytes.items():
+                sizes.append(len(encode_features(replace(payload, image_shape=tuple(im.shape[:2])), coder)))
             jpeg_bytes.append(n_bytes)
     return RouteCache(
         detections=found,
         gate=np.concatenate(gate) if gate else np.zeros((0, 2), np.float32),
-        feature_bytes=np.array(feature_bytes, dtype=np.int64),
+        feature_bytes=np.min([sizes for sizes in coder_bytes.values()], axis=0).astype(np.int64).reshape(-1),
         jpeg_bytes=np.array(jpeg_bytes, dtype=np.int64),
         costs=ecc_costs(model, imgsz),
         meta=cache_meta(model, dataset, imgsz),
         router=np.concatenate(router) if router else None,
+        coder_bytes={coder: np.array(sizes, dtype=np.int64) for coder, sizes in coder_bytes.items()},
     )
