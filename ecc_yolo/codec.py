@@ -24,9 +24,10 @@ Feature payload, format version 2 (all integers little-endian)::
     end-4   4     CRC-32 of every byte before it
 
 Body codecs: raw sends the body as is; zlib deflates it; range codes each tensor's codes with a range coder
-(`constriction`'s queue RangeEncoder) under that tensor's own static model: per tensor, 2**bits u8 weights (the
-symbol's share of the tensor's codes, scaled so that the largest is 255, at least 1 for a symbol that occurs), a u32
-count of 32-bit words, then the words. `encode_features` sends whichever of the three is smallest (coder="auto").
+(`constriction`'s queue RangeEncoder), each code under a quantised Gaussian over 0..2**bits-1 centred on a
+prediction from its left neighbour (leaky: every code keeps a non-zero probability): per tensor, C u8 means, C u8
+left-neighbour weights, C u8 log-standard-deviations of the residuals (`_model_params`), a u32 count of 32-bit
+words, then the words. `encode_features` sends whichever of the three is smallest (coder="auto").
 Version 1 (float32 scales, no range coder) is refused: both ends run the same build.
 
 A value is reconstructed as `code * scale[c] + offset[c]`; every reconstructed value must be finite and within
@@ -137,49 +138,78 @@ def unpack_codes(buf: bytes, bits: int, n_values: int) -> np.ndarray:
     return np.packbits(full, axis=1).reshape(-1)
 
 
-def range_model(weights: np.ndarray):
-    """The range coder's categorical model of one tensor from its 2**bits u8 weights (both ends compute it the
-    same way from the same bytes)."""
-    import constriction
+def _model_params(mean_q: np.ndarray, weight_q: np.ndarray, std_q: np.ndarray, bits: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel mean (code units), left-neighbour weight (0..1) and residual standard deviation (code units) from
+    their u8 forms, computed the same way at both ends from the same bytes: mean = q / 255 * (2**bits - 1),
+    weight = q / 255, std = 2 ** (q / 16 - 4) (1/16 to ~2**12)."""
+    return (mean_q.astype(np.float64) / 255.0 * ((1 << bits) - 1), weight_q.astype(np.float64) / 255.0,
+            np.exp2(std_q.astype(np.float64) / 16.0 - 4.0))
 
-    probs = weights.astype(np.float64) / float(weights.sum())
-    return constriction.stream.model.Categorical(probs.astype(np.float32), perfect=False)
+
+def _predictions(codes: np.ndarray, mean: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(C, H, W) prediction of each code: the channel mean, moved towards its left neighbour's code by the channel's
+    `weight` (0..1); column 0 (no left neighbour) is predicted by the mean."""
+    pred = np.broadcast_to(mean[:, None, None], codes.shape).astype(np.float64)
+    pred[:, :, 1:] += weight[:, None, None] * (codes[:, :, :-1] - mean[:, None, None])
+    return pred
 
 
 def range_encode(codes: np.ndarray, bits: int) -> bytes:
-    """One tensor's codes as the range body codec's record: weights, word count, words."""
+    """One tensor's (C, H, W) codes as the range body codec's record: per channel a u8 mean, a u8 weight of the left
+    neighbour in the prediction and a u8 log-std of the residuals, a u32 word count, then the words. Each code is
+    coded under a quantised Gaussian over 0..2**bits-1 centred on its prediction (`_predictions`: feature maps are
+    smooth, so the left neighbour predicts well; i.i.d. codes get weight 0), column by column so that the decoder
+    can predict each column from the one it decoded before."""
     import constriction
 
-    flat = np.ascontiguousarray(codes, dtype=np.int32).reshape(-1)
-    counts = np.bincount(flat, minlength=1 << bits).astype(np.float64)
-    weights = np.where(counts > 0, np.maximum(np.round(counts / counts.max() * 255), 1), 0).astype(np.uint8)
+    codes = np.asarray(codes, dtype=np.float64)
+    c, h, w = codes.shape
+    mean_q = np.round(codes.reshape(c, -1).mean(1) / ((1 << bits) - 1) * 255).astype(np.uint8)
+    mean, _, _ = _model_params(mean_q, np.zeros(c, np.uint8), np.zeros(c, np.uint8), bits)
+    u, v = codes[:, :, 1:] - mean[:, None, None], codes[:, :, :-1] - mean[:, None, None]
+    fit = (u * v).reshape(c, -1).sum(1) / np.maximum((v * v).reshape(c, -1).sum(1), 1e-12)  # least squares
+    weight_q = np.round(np.clip(fit, 0, 1) * 255).astype(np.uint8)
+    _, weight, _ = _model_params(mean_q, weight_q, np.zeros(c, np.uint8), bits)
+    pred = _predictions(codes, mean, weight)
+    spread = np.sqrt(((codes - pred) ** 2).reshape(c, -1).mean(1))
+    std_q = np.clip(np.round((np.log2(np.maximum(spread, 2.0**-4)) + 4) * 16), 0, 255).astype(np.uint8)
+    _, _, std = _model_params(mean_q, weight_q, std_q, bits)
     encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(flat, range_model(weights))
+    encoder.encode(codes.transpose(2, 0, 1).astype(np.int32).reshape(-1),  # column-major: (W, C, H)
+                   constriction.stream.model.QuantizedGaussian(0, (1 << bits) - 1),
+                   pred.transpose(2, 0, 1).reshape(-1), np.broadcast_to(std[None, :, None], (w, c, h)).reshape(-1))
     words = encoder.get_compressed().astype("<u4")
-    return weights.tobytes() + _WORDS.pack(len(words)) + words.tobytes()
+    return mean_q.tobytes() + weight_q.tobytes() + std_q.tobytes() + _WORDS.pack(len(words)) + words.tobytes()
 
 
-def range_decode(sent, pos: int, end: int, bits: int, n_values: int) -> tuple[np.ndarray, int]:
-    """Decode one tensor's codes from the range body at `pos` (not past `end`); returns (uint8 codes, next pos).
-    Work and memory are bounded by `n_values` (checked against MAX_VALUES by the caller) and the words present."""
+def range_decode(sent, pos: int, end: int, bits: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+    """Decode one tensor's (C, H, W) codes from the range body at `pos` (not past `end`); returns (uint8 codes, next
+    pos). Work and memory are bounded by the shape (checked against MAX_VALUES, and the model's expected shapes on
+    a server, before any decoding) and the words present; any words decode to codes within the bit width."""
     import constriction
 
-    k = 1 << bits
-    if pos + k + _WORDS.size > end:
+    c, h, w = shape
+    if pos + 3 * c + _WORDS.size > end:
         raise PayloadError("range body truncated inside a tensor's model")
-    weights = np.frombuffer(sent, np.uint8, k, pos)
-    if not weights.any():
-        raise PayloadError("range body: a tensor's model has no symbol")
-    (n_words,) = _WORDS.unpack_from(sent, pos + k)
-    pos += k + _WORDS.size
+    mean, weight, std = _model_params(*(np.frombuffer(sent, np.uint8, c, pos + i * c) for i in range(3)), bits)
+    (n_words,) = _WORDS.unpack_from(sent, pos + 3 * c)
+    pos += 3 * c + _WORDS.size
     if pos + 4 * n_words > end:
         raise PayloadError("range body truncated inside a tensor's words")
-    words = np.frombuffer(sent, "<u4", n_words, pos).astype(np.uint32)
+    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(sent, "<u4", n_words, pos).astype(np.uint32))
+    model = constriction.stream.model.QuantizedGaussian(0, (1 << bits) - 1)
+    codes = np.empty((c, h, w), dtype=np.uint8)
+    mean_h, weight_h, std_h = (np.repeat(a, h) for a in (mean, weight, std))
+    column = mean_h  # the prediction of column 0
     try:
-        codes = constriction.stream.queue.RangeDecoder(words).decode(range_model(weights), n_values)
+        for j in range(w):  # each column is predicted from the one decoded before it
+            decoded = np.asarray(decoder.decode(model, column, std_h), dtype=np.uint8)
+            codes[:, :, j] = decoded.reshape(c, h)
+            column = mean_h + weight_h * (decoded - mean_h)
     except (ValueError, RuntimeError, AssertionError) as e:
         raise PayloadError(f"range body: a tensor's words do not decode ({e})") from None
-    return np.asarray(codes, dtype=np.uint8), pos + 4 * n_words
+    return codes, pos + 4 * n_words
 
 
 def encode_features(payload: FeaturePayload, coder: str = "auto") -> bytes:
@@ -324,8 +354,8 @@ def _decode_features(data, expected_fingerprint, expected_shapes, max_bytes) -> 
     if codec == CODEC_RANGE:  # decoded tensor by tensor, straight into codes
         tensors, pos = [], 0
         for layer, bits, c, h, w, scale, offset in specs:
-            codes, pos = range_decode(sent, pos, sent_len, bits, c * h * w)
-            tensors.append(QuantizedTensor(layer, bits, codes.reshape(c, h, w), scale, offset))
+            codes, pos = range_decode(sent, pos, sent_len, bits, (c, h, w))
+            tensors.append(QuantizedTensor(layer, bits, codes, scale, offset))
         if pos != sent_len:
             raise PayloadError(f"range body has {sent_len - pos} bytes after its last tensor")
         return FeaturePayload(fingerprint, (ih, iw), (nh, nw), tuple(tensors))
