@@ -359,6 +359,14 @@ def test_the_headline_goals_are_judged_from_the_summary():
                                                     "mean_difference": est(0.01, 0, 0.02)}}}
     judged = goals(summary, 0.99)
     assert [g["met"] for g in judged.values()] == [True, True, True, True, False]  # 5: the extension is never used
+    summary["ecc_d_plus_vs_best_single"] = {"ratios_significantly_below": [],
+                                            "largest_share_in_sweep": {"edge": 1.0, "features": 0.3, "jpeg": 0.05}}
+    assert [g["met"] for g in goals(summary, 0.99).values()] == [True, True, True, True, False, False]  # 7: JPEG 5%
+    summary["ecc_d_plus_vs_best_single"]["largest_share_in_sweep"]["jpeg"] = 0.5
+    assert list(goals(summary, 0.99).values())[-1]["met"]
+    summary["ecc_d_plus_vs_best_single"]["ratios_significantly_below"] = [0.4]
+    assert not list(goals(summary, 0.99).values())[-1]["met"]
+    del summary["ecc_d_plus_vs_best_single"]
     for g in judged.values():
         assert {"met", "value", "ci", "threshold", "checks"} <= set(g)
     assert list(judged.values())[2]["value"] == 0.85 and list(judged.values())[2]["ci"] == [0.7, 0.95]  # ECC_I
@@ -367,3 +375,29 @@ def test_the_headline_goals_are_judged_from_the_summary():
                    ecc_i_normalised_score=est(0.6, 0.5, 0.7),
                    ecc_d_bytes_per_offloaded_frame_share_of_jpeg=est(0.2, 0.18, 0.22))
     assert [g["met"] for g in goals(summary, 0.99).values()] == [False, False, False, False, True]
+
+
+def test_the_benchmark_reports_the_default_operating_point_and_ecc_d_plus_against_the_best_single_router(tiny_zoo):
+    """The tiny zoo's test benchmark: what route=auto does at the gate stage's calibrated thresholds (recomputed here
+    from the cached gate outputs), and ECC_D+ against max(ECC_D, ECC_I) per offload ratio."""
+    from dataclasses import replace
+
+    from ecc_yolo.checkpoint import load_ecc
+    from ecc_yolo.deploy import model_settings
+    from ecc_yolo.eval.cache import RouteCache
+
+    bench = tiny_zoo / "runs" / "test_val"
+    summary = json.loads((bench / "summary.json").read_text())
+    settings = model_settings(load_ecc(tiny_zoo / "ecc-synth-tiny.pt")[0])
+    assert settings.calibration["split"] == "validation" and settings.calibration["offload_share"] == 0.3
+    op = summary["default_operating_point"]
+    assert op["router"] == settings.router and op["calibration"] == settings.calibration
+    cache = RouteCache.load(bench)
+    for router, row in op["routers"].items():
+        decision = replace(settings, router=router).decide(cache.gate, cache.router)
+        assert row["offload_share"] == pytest.approx(decision.offloaded.mean())
+        assert sum(row["route_shares"].values()) == pytest.approx(1.0)
+    three = summary["ecc_d_plus_vs_best_single"]
+    assert [p["ratio"] for p in three["difference_by_ratio"]] == pytest.approx(np.linspace(0, 1, 21).tolist())
+    assert three["difference_by_ratio"][0]["value"] == 0.0  # nothing offloaded: all three are the edge
+    assert three["largest_share_in_sweep"]["edge"] == 1.0

@@ -51,6 +51,7 @@ GOAL_GAIN_VS_ORACLE = 0.80  # ... a gain share >= this share of its best oracle'
 GOAL_BYTES = 0.10  # 4. ECC_D's bytes per offloaded frame at its operating point <= this share of those frames' JPEG
 CONFUSION_RATIO = 0.3  # the three-exit router's exits against generated difficulty are also shown at this offload
 GOAL_THREE_EXIT = 0.80  # 5. the three-exit router >= ECC_D's mAP at equal total GFLOPs on this share of its sweep
+GOAL_ANSWER_SHARE = 0.10  # 7. ECC_D+: each of edge, features and JPEG answers at least this share somewhere on the sweep
 ROUTER_KEYS = {"ECC_D": "ecc_d", "ECC_D+": "ecc_d_plus", "ECC_I": "ecc_i", "MEANet": "meanet"}
 ORACLES_TEXT = ("greedy oracle (oracle_*): frames ranked by isolated per-frame gains, a heuristic; refined oracle "
                 "(refined_oracle_*): the greedy set improved by whole-set local search at each ratio; best oracle "
@@ -119,6 +120,7 @@ def evaluate(
     if "MEANet" in curves:
         summary["meanet"] = multi_exit_summary(curves, sweep, dataset, boot)
     summary["default_operating_point"] = default_operating_point(deploy, cache, evaluator)
+    summary["ecc_d_plus_vs_best_single"] = three_way_summary(curves, sweep, boot)
     summary["bootstrap"] = {"resamples": bootstrap, "seed": bootstrap_seed, "level": 0.95,
                             "seconds": round(time.time() - start, 1)}
     if rate:
@@ -297,7 +299,32 @@ def goals(summary: dict[str, Any], target: float) -> dict[str, dict[str, Any]]:
                 _check("meanet.at_equal_total_gflops.mean_difference", equal["mean_difference"], 0.0, ">="),
                 _check("meanet.extension_share_in_sweep", meanet["extension_share_in_sweep"], 1e-12, ">=")],
                 met=equal["ratios_at_least_ecc_d"] >= GOAL_THREE_EXIT and meanet["extension_share_in_sweep"] > 0)
+    three = summary.get("ecc_d_plus_vs_best_single")
+    if three is not None:
+        out[f"7. ECC_D+: >= max(ECC_D, ECC_I) at every offload ratio within the 95% interval, edge, features and JPEG "
+            f"each answering >= {GOAL_ANSWER_SHARE:.0%} of frames somewhere on the sweep"] = _goal([
+                _check("ecc_d_plus_vs_best_single.ratios_significantly_below",
+                       len(three["ratios_significantly_below"]), 0, "<="),
+                *(_check(f"ecc_d_plus_vs_best_single.largest_share_in_sweep.{k}", v, GOAL_ANSWER_SHARE, ">=")
+                  for k, v in three["largest_share_in_sweep"].items())])
     return out
+
+
+def three_way_summary(curves: dict, sweep: RouterSweep, boot: Bootstrap) -> dict[str, Any]:
+    """ECC_D+ against the better of ECC_D and ECC_I at each offload ratio (paired: the same resamples; the max is
+    taken per resample), and how much of the sweep each answer (edge, features, JPEG) serves."""
+    d, i, dp = (sweep.curve_samples(r, boot) for r in ("ECC_D", "ECC_I", "ECC_D+"))
+    diff = dp - np.maximum(d, i)  # (1 + B, ratios)
+    ratios = [p.ratio for p in curves["ECC_D+"]]
+    per_ratio = [{"ratio": r, **boot.estimate(diff[0, k], diff[1:, k] if boot.resamples else None).as_dict()}
+                 for k, r in enumerate(ratios)]
+    below = [p["ratio"] for p in per_ratio if (p["ci"][1] if p["ci"] else p["value"]) < 0]
+    shares = {EDGE: [1 - p.adapted_share - p.cloud_share for p in curves["ECC_D+"]],
+              "features": [p.adapted_share for p in curves["ECC_D+"]], "jpeg": [p.cloud_share for p in curves["ECC_D+"]]}
+    most = {k: float(max(v)) for k, v in shares.items()}
+    return {"difference_by_ratio": per_ratio, "ratios_significantly_below": below,
+            "at_least_best_single_within_ci": not below, "largest_share_in_sweep": most,
+            "every_answer_used_on_10pct": all(v >= GOAL_ANSWER_SHARE for v in most.values())}
 
 
 def default_operating_point(deploy: DeploySettings, cache, evaluator: RouteMixEvaluator) -> dict[str, Any]:
