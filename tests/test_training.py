@@ -247,8 +247,8 @@ def test_gate_beats_random_offloading_over_the_offload_sweep(tiny_zoo, tmp_path)
     v = _validate(tiny_zoo / "ecc-synth-tiny.pt", tiny_zoo / "data" / "data.yaml", tmp_path)
     scores = v.gate_scores_all
     ratios = np.arange(1, 10) / 10
-    gate = np.mean([v.routed_map(top_share_mask(scores, r))[1] for r in ratios])
-    random = np.mean([v.routed_map(np.random.default_rng(s).permutation(len(scores)) < round(r * len(scores)))[1]
+    gate = np.mean([v.routed_map(top_share_mask(scores, r))[0] for r in ratios])
+    random = np.mean([v.routed_map(np.random.default_rng(s).permutation(len(scores)) < round(r * len(scores)))[0]
                       for s in range(10) for r in ratios])
     assert gate > random, f"mean mAP50-95 over ratios 10-90%: gate {gate:.4f} <= random {random:.4f}"
 
@@ -264,3 +264,23 @@ def test_rrb_raises_the_recall_of_needed_offloads(tiny_zoo, tmp_path):
         ECCTrainer(overrides=args).train()
         recall[rrb] = results(tmp_path / f"rrb{rrb}")[-1]["metrics/offload_recall"]
     assert recall[4.0] > recall[1.0]
+
+
+def test_best_pt_is_the_epoch_with_the_best_stage_metric_by_ecc_yolos_map(tiny_zoo, tmp_path):
+    """One metric picks checkpoints: best.pt holds the epoch whose pycocotools mAP of the stage's route
+    (metrics/<route>_mAP50(B) and _mAP50-95(B), Ultralytics' 0.1/0.9 weighting) is the best, not the epoch
+    Ultralytics' own mAP of that route would pick. Fine-tunes the tiny zoo's cloud, whose mAP differs between epochs."""
+    from ecc_yolo.engine.model import ECC
+
+    ECC(str(tiny_zoo / "ecc-synth-tiny.pt")).train(**train_args(
+        tiny_zoo / "data" / "data.yaml", tmp_path, stage="cloud", name="cloud", epochs=4, imgsz=128, batch=16,
+        lr0=0.02, warmup_epochs=0))
+    rows = list(csv.DictReader(open(tmp_path / "cloud" / "results.csv")))
+    rows = [{k.strip(): float(v) for k, v in r.items()} for r in rows]
+    ours = [0.1 * r["metrics/cloud_mAP50(B)"] + 0.9 * r["metrics/cloud_mAP50-95(B)"] for r in rows]
+    theirs = [0.1 * r["metrics/mAP50(B)"] + 0.9 * r["metrics/mAP50-95(B)"] for r in rows]
+    assert len(set(np.round(ours, 6))) > 1, f"every epoch ties: the test could not fail ({ours})"
+    saved = torch.load(tmp_path / "cloud" / "weights" / "best.pt", weights_only=False)["train_metrics"]
+    assert saved["fitness"] == pytest.approx(max(ours), abs=1e-4) != pytest.approx(max(theirs), abs=1e-6)
+    best = rows[int(np.argmax(ours))]  # the epoch best.pt holds (its metrics are saved with it)
+    assert saved["metrics/cloud_mAP50-95(B)"] == pytest.approx(best["metrics/cloud_mAP50-95(B)"], abs=1e-5)

@@ -14,7 +14,9 @@ metrics/eccd_mAP50-95(B), metrics/offload_recall (share of the images that neede
 route above NEEDED_GAIN, that the deployed rule offloads: predicted gain > the model's gate_threshold, or
 `gate_threshold=`), metrics/offload_ratio (share that rule offloads) and metrics/feat (feature-matching loss). `operating_point` fits the
 model's default operating point on the frames of the last validation (stage=gate/joint save it with the model).
-Fitness, which picks best.pt, is the stage's own metric: its route's, or ECC_D's for stage=gate/joint.
+Fitness, which picks best.pt, is the stage's own metric by this one mAP: its route's (0.1 mAP50 + 0.9 mAP50-95,
+Ultralytics' weighting), or ECC_D's for stage=gate/joint; Ultralytics' own mAP of the primary route only fills its
+table.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class ECCValidator(DetectionValidator):
             stats[f"metrics/{route}_mAP50(B)"], stats[f"metrics/{route}_mAP50-95(B)"] = ap50, ap
         gains = torch.cat(self.gate_scores).numpy()
         self.gate_scores_all = gains[:, 0]
-        eccd50, eccd = self.routed_map(decide(gains, ratio=self.args.offload).routes)
+        eccd, eccd50 = self.routed_map(decide(gains, ratio=self.args.offload).routes)
         stats["metrics/eccd_mAP50(B)"], stats["metrics/eccd_mAP50-95(B)"] = eccd50, eccd
         needed = evaluator.marginal_gains(ADAPTED, chunk=GAIN_CHUNK) > NEEDED_GAIN
         threshold = resolve(self.ecc, {**vars(self.args), "router": ECC_D}).threshold
@@ -141,11 +143,12 @@ class ECCValidator(DetectionValidator):
         stats["metrics/feat"] = float(np.mean(self.feat_losses))
         if self.router_logits:  # multi-exit edge: the router's own decision, and where frames stopped
             chosen = decide(exit_logits=torch.cat(self.router_logits).numpy()).routes
-            _, stats["metrics/meanet_mAP50-95(B)"] = self.routed_map(chosen)
+            stats["metrics/meanet_mAP50-95(B)"], _ = self.routed_map(chosen)
             for name in EXITS:
                 stats[f"metrics/exit_{name}_share"] = float((chosen == ROUTE_CODES[EXIT_ROUTES[name]]).mean())
-        if self.args.stage in ("gate", "joint"):
-            stats["fitness"] = fitness(eccd50, eccd)
+        # one metric picks best.pt: the stage's own, by ecc-yolo's mAP (not Ultralytics' own on the primary route)
+        stats["fitness"] = fitness(eccd50, eccd) if self.args.stage in ("gate", "joint") else \
+            fitness(*routes[self.primary])
         self.route_summary = {**routes, f"ECC_D @ {self.args.offload:.0%} offload": (eccd50, eccd)}
         self.metrics.ecc = {k: v for k, v in stats.items() if k.startswith("metrics/") or k == "fitness"}
         return stats
@@ -156,19 +159,18 @@ class ECCValidator(DetectionValidator):
         best mAP there as the default (the cloud answers here on the frames' own pixels, not their JPEG)."""
         gains = torch.cat(self.gate_scores).numpy().astype(np.float64)
         logits = torch.cat(self.router_logits).numpy() if self.router_logits else None
-        map_of = lambda codes: self.routed_map(codes)[1]
+        map_of = lambda codes: self.routed_map(codes)[0]
         return calibrate(model_settings(self.ecc), gains, logits, share, "validation", fit_margin(gains, map_of),
                          map_of)
 
     def routed_map(self, answered_by: np.ndarray) -> tuple[float, float]:
-        """(mAP50, mAP50-95) of the system that answers image i by route code `answered_by[i]` (ROUTE_CODES) or,
+        """(mAP50-95, mAP50), in `RouteMixEvaluator.map`'s order, of the system that answers image i by route code `answered_by[i]` (ROUTE_CODES) or,
         for a boolean mask, by the adapted route where True and the edge elsewhere; from the detections of the
         last validation (no model runs)."""
         answered_by = np.asarray(answered_by)
         if answered_by.dtype == bool:
             answered_by = np.where(answered_by, ROUTE_CODES[ADAPTED], ROUTE_CODES[EDGE])
-        ap, ap50 = self.evaluator.map(self.evaluator.assignment(answered_by))
-        return ap50, ap
+        return self.evaluator.map(self.evaluator.assignment(answered_by))
 
     def print_results(self) -> None:
         """Ultralytics' table for the primary route, then mAP of every route side by side."""
