@@ -1,6 +1,6 @@
 """ecc-yolo: edge-cloud collaborative object detection for Ultralytics YOLO."""
 
-__version__ = "0.1.0"
+from ecc_yolo.version import __version__
 
 __all__ = ["ECC", "__version__"]
 

@@ -17,7 +17,7 @@ import torch
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.nn.tasks import load_checkpoint
 
-from ecc_yolo import __version__
+from ecc_yolo.version import __version__
 from ecc_yolo.nn.ecc_model import ECCModel
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ecc_yolo import __version__
+from ecc_yolo.version import __version__
 
 HELP = f"""ecc-yolo {__version__}: edge-cloud collaborative object detection for Ultralytics YOLO.
 
