@@ -47,8 +47,6 @@ EXIT_ROUTES = {MAIN: EDGE, EXTENSION: EXTENSION, CLOUD: ADAPTED}  # the route th
 # Which route a training stage trains and validates as its own (fitness, Ultralytics' tables)
 STAGE_ROUTE = {"edge": EDGE, "cloud": CLOUD, "adapt": ADAPTED, "gate": ADAPTED, "joint": ADAPTED,
                "extension": EXTENSION}
-# The server's two request kinds (its batch keys) and the route that answers each
-REQUEST_ROUTES = {"image": CLOUD, "features": ADAPTED}
 
 
 def exits_to_routes(exits: np.ndarray) -> np.ndarray:

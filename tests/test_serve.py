@@ -386,3 +386,16 @@ def test_local_server_reports_a_server_that_exits_with_its_log(tmp_path):
         LocalServer(tmp_path / "missing.pt", imgsz=64, log=log).start(timeout=120)
     assert time.monotonic() - start < 60  # noticed when the process ends, not at the timeout
     assert "missing.pt" in str(err.value)  # the log's end is in the message
+
+
+def test_one_table_maps_each_served_route_to_its_request_kind_and_path(engine):
+    """The server registers exactly the endpoints of SERVED_ROUTES, each answering with its route; the client sends a
+    route's frames to that route's path (no second table)."""
+    from ecc_yolo.serve import client
+    from ecc_yolo.serve.protocol import SERVED_BY_ROUTE, SERVED_ROUTES
+
+    app = build_app(engine, ServerSettings())
+    posts = {r.path for r in app.routes if "POST" in getattr(r, "methods", set())}
+    assert posts == {r.path for r in SERVED_ROUTES} and len(posts) == 2
+    assert {r.route for r in SERVED_ROUTES} == {"cloud", "adapted"} and set(SERVED_BY_ROUTE) == {"cloud", "adapted"}
+    assert not hasattr(client, "ROUTE_PATHS")

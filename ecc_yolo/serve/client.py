@@ -45,14 +45,7 @@ from ecc_yolo.policy import Budget, BudgetController
 from ecc_yolo.routes import ADAPTED, AUTO, CLOUD, DEVICE_ROUTES, EDGE, EXTENSION, FALLBACK, STREAM_ROUTES
 from ecc_yolo.serve.engine import input_shape_for
 from ecc_yolo.serve.link import CloudLink, ModelMismatchError, OffloadError
-from ecc_yolo.serve.protocol import (
-    FEATURES_PATH,
-    IMAGE_PATH,
-    detections_array,
-    resolve_token,
-)
-
-ROUTE_PATHS = {ADAPTED: FEATURES_PATH, CLOUD: IMAGE_PATH}
+from ecc_yolo.serve.protocol import SERVED_BY_ROUTE, detections_array, resolve_token
 
 
 @dataclass(frozen=True)
@@ -157,7 +150,7 @@ class EdgeStreamClient:
         if not self.link.connect():
             return False
         served = tuple(self.link.server_info.get("imgsz", self.settings.imgsz))
-        if self.settings.route in ("auto", "adapted") and any(a > b for a, b in zip(self.settings.imgsz, served)):
+        if self.settings.route in (AUTO, ADAPTED) and any(a > b for a, b in zip(self.settings.imgsz, served)):
             raise ModelMismatchError(f"imgsz {list(self.settings.imgsz)} exceeds the server's input size "
                                      f"{list(served)}; pass imgsz={served[0]} or smaller")
         return True
@@ -245,7 +238,7 @@ class EdgeStreamClient:
             frame.route, frame.bytes_sent = target, len(body)
             frame.generation = self.link.reconnects
             frame.deadline = time.perf_counter() + self.settings.timeout
-            frame.future = self.link.send(ROUTE_PATHS[target], body, frame.deadline)
+            frame.future = self.link.send(SERVED_BY_ROUTE[target].path, body, frame.deadline)
             frame.future.add_done_callback(lambda _, stamp=frame.done_at: stamp.append(time.perf_counter()))
         if self.controller is not None and available:  # while the cloud is down the budget neither fills nor drains
             self.controller.record(frame.future is not None, frame.bytes_sent)
@@ -286,13 +279,13 @@ class EdgeStreamClient:
                 error = error if isinstance(error, OffloadError) else OffloadError("client", repr(error))
             if error is None:
                 answer = frame.future.result()  # a well-formed answer (the link checked it) ...
-                sent_shape = frame.letterboxed_shape if route == "cloud" else frame.image.shape[:2]
+                sent_shape = frame.letterboxed_shape if route == CLOUD else frame.image.shape[:2]
                 if answer["route"] != route or tuple(answer["image_shape"]) != tuple(sent_shape):
                     error = OffloadError("bad_answer", f"answer for route {answer['route']} and image shape "
                                                        f"{answer['image_shape']}, not for this frame")  # ... to another
             if error is None:
                 det = detections_array(answer["detections"])
-                if route == "cloud":  # the server answered in pixels of the letterboxed JPEG it was sent
+                if route == CLOUD:  # the server answered in pixels of the letterboxed JPEG it was sent
                     det[:, :4] = ops.scale_boxes(frame.letterboxed_shape, det[:, :4], frame.image.shape[:2])
                 server_ms = answer.get("server_ms")
             else:

@@ -31,8 +31,16 @@ from ecc_yolo.codec import (
 from ecc_yolo.infer import detections, input_tensor, nms_settings, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.payload import peek_input_shape
-from ecc_yolo.routes import REQUEST_ROUTES
-from ecc_yolo.serve.protocol import API_VERSION, RequestError, detections_json
+from ecc_yolo.serve.protocol import (
+    API_VERSION,
+    FEATURES,
+    IMAGE,
+    SERVED_BY_KIND,
+    SERVED_ROUTES,
+    RequestError,
+    detections_json,
+)
+
 
 def input_shape_for(imgsz: int | tuple[int, int] | list[int], stride: int) -> tuple[int, int]:
     """(h, w) network input size from an `imgsz` argument; must be multiples of `stride`.
@@ -92,7 +100,7 @@ class CloudEngine:
         self.names = {int(k): str(v) for k, v in self.model.names.items()}
         self.nms_args = nms_settings(conf, iou, max_det, classes, agnostic_nms)
         end2end = route_end2end(self.model)
-        self.end2end = {kind: end2end[route] for kind, route in REQUEST_ROUTES.items()}  # batch-key kind -> head's
+        self.end2end = {r.kind: end2end[r.route] for r in SERVED_ROUTES}  # batch-key kind -> head's
         # Square letterbox (not predict's minimal rectangle): every image gets the same shape, so any two batch.
         self._letterbox = LetterBox(self.input_shape, auto=False, stride=self.stride)
 
@@ -116,7 +124,7 @@ class CloudEngine:
             "imgsz": list(self.input_shape),
             "stride": self.stride,
             "payload_version": FORMAT_VERSION,
-            "routes": ["cloud", "adapted"],
+            "routes": [r.route for r in SERVED_ROUTES],
             "cfg": json.loads(json.dumps(spec.to_dict(), default=str)),
         }
 
@@ -136,7 +144,7 @@ class CloudEngine:
             letterboxed = self._letterbox(image=image)
         except cv2.error as e:  # whatever else OpenCV's resize refuses is the image's fault, not the server's
             raise RequestError("bad_image", f"image of {w}x{h} pixels cannot be letterboxed: {e.msg}") from None
-        return ("image", self.input_shape), ImageItem(letterboxed, (h, w))
+        return (IMAGE, self.input_shape), ImageItem(letterboxed, (h, w))
 
     def parse_features(self, body: bytes | bytearray, max_bytes: int) -> tuple[Hashable, FeaturePayload]:
         """Validate a feature payload against this model (format, version, checksum, fingerprint, tensor shapes);
@@ -161,7 +169,7 @@ class CloudEngine:
         # One record order for every payload of a batch (`received_latents` stacks tensors by position); the codec
         # accepts any order, and a crafted one must not mix layers in someone else's batch.
         payload = dataclasses.replace(payload, tensors=tuple(sorted(payload.tensors, key=lambda t: t.layer)))
-        return ("features", payload.input_shape), payload
+        return (FEATURES, payload.input_shape), payload
 
     def _servable_shapes(self, input_shape: tuple[int, int]) -> dict[int, tuple[int, int, int, int]] | None:
         """Tensor shapes a payload for `input_shape` must carry; None if this server does not take that size."""
@@ -176,13 +184,14 @@ class CloudEngine:
         finite (crafted latents within the codec's ranges can still overflow a layer) is answered a RequestError;
         the batch is independent per item, so the others are unaffected."""
         kind, input_shape = key
-        if kind == "image":
+        route = SERVED_BY_KIND[kind].route
+        if kind == IMAGE:
             out = self.model.cloud_forward(input_tensor([it.image for it in items], self.device))
-            shapes, route = [it.image_shape for it in items], "cloud"
+            shapes = [it.image_shape for it in items]
         else:
             cuts = self.model.decode(self.model.received_latents(items))
             out = self.model.adapted_tail(cuts)  # the cloud's tail, or its adapted-route copy (cfg `tail: copy`)
-            shapes, route = [p.image_shape for p in items], "adapted"
+            shapes = [p.image_shape for p in items]
         pred = out[0] if isinstance(out, (list, tuple)) else out
         finite = torch.isfinite(pred.float().flatten(1)).all(1).tolist()
         answers: list[dict[str, Any] | RequestError] = []

@@ -2,7 +2,7 @@
 
 Routes:
     POST /v1/detect/image     body: a JPEG or PNG file; the full cloud detector answers (ECC_I)
-    POST /v1/detect/features  body: a feature payload (`ecc_yolo.codec`, format version 1); the adapter decoders
+    POST /v1/detect/features  body: a feature payload (`ecc_yolo.codec`, format version 2); the adapter decoders
                               and the cloud tail answer (ECC_A/ECC_D)
     GET  /healthz             liveness: {"status": "ok"}
     GET  /readyz              readiness: 200 {"status": "ready"}, or 503 {"status": "not ready", "reason": ...} while
@@ -27,9 +27,12 @@ on it after that (or after its own `timeout`, whichever is shorter) instead of c
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ecc_yolo.routes import ADAPTED, CLOUD
 
 API_VERSION = 1
 HEALTH_PATH = "/healthz"
@@ -38,6 +41,23 @@ MODEL_PATH = "/v1/model"
 METRICS_PATH = "/metrics"
 IMAGE_PATH = "/v1/detect/image"
 FEATURES_PATH = "/v1/detect/features"
+IMAGE, FEATURES = "image", "features"  # request kinds: what a detect request's body is (the first part of its batch key)
+
+
+@dataclass(frozen=True)
+class ServedRoute:
+    """A route the server answers: the ECC route (`ecc_yolo.routes`), the request kind its body is, its URL path."""
+
+    route: str
+    kind: str
+    path: str
+
+
+# The one table of what the server answers: the client sends a route's frames to its path, the server registers
+# one endpoint per row, batches by kind and labels answers and metrics with the route.
+SERVED_ROUTES = (ServedRoute(CLOUD, IMAGE, IMAGE_PATH), ServedRoute(ADAPTED, FEATURES, FEATURES_PATH))
+SERVED_BY_ROUTE = {r.route: r for r in SERVED_ROUTES}
+SERVED_BY_KIND = {r.kind: r for r in SERVED_ROUTES}
 TOKEN_ENV = "ECC_YOLO_TOKEN"  # where the bearer token comes from when token= is not given
 TIMEOUT_HEADER = "X-ECC-Timeout-Ms"  # request header: milliseconds the client waits for this answer
 

@@ -17,10 +17,9 @@ from typing import Any
 from ray import serve
 from ultralytics.utils import LOGGER
 
-from ecc_yolo.routes import REQUEST_ROUTES
 from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.metrics import ServerMetrics
-from ecc_yolo.serve.protocol import RequestError
+from ecc_yolo.serve.protocol import SERVED_BY_KIND, RequestError
 from ecc_yolo.serve.server import ServerSettings, create_app
 
 DEPLOYMENT_NAME = "ecc-yolo"
@@ -80,8 +79,8 @@ class ECCServeDeployment:
         done = await asyncio.to_thread(self.engine.run_mixed, [requests[i][:2] for i in live])
         elapsed = time.perf_counter() - t0
         for kind in {requests[i][0][0] for i in live}:
-            self.metrics.batch_size.observe(sum(requests[i][0][0] == kind for i in live), REQUEST_ROUTES[kind])
-            self.metrics.inference.observe(elapsed, REQUEST_ROUTES[kind])
+            self.metrics.batch_size.observe(sum(requests[i][0][0] == kind for i in live), SERVED_BY_KIND[kind].route)
+            self.metrics.inference.observe(elapsed, SERVED_BY_KIND[kind].route)
         for i, answer in zip(live, done):
             answers[i] = answer
         return answers

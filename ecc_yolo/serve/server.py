@@ -42,20 +42,21 @@ from starlette.requests import ClientDisconnect
 from ultralytics.utils import LOGGER
 
 from ecc_yolo.codec import MAX_IMAGE_PIXELS
-from ecc_yolo.routes import REQUEST_ROUTES  # batch-key kind -> route label in metrics and answers
 from ecc_yolo.serve import metrics as metrics_text
 from ecc_yolo.serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.metrics import ServerMetrics
 from ecc_yolo.serve.protocol import (
-    FEATURES_PATH,
     HEALTH_PATH,
-    IMAGE_PATH,
+    IMAGE,
     METRICS_PATH,
     MODEL_PATH,
     READY_PATH,
+    SERVED_BY_KIND,
+    SERVED_ROUTES,
     TIMEOUT_HEADER,
     RequestError,
+    ServedRoute,
     resolve_token,
 )
 
@@ -127,8 +128,8 @@ class BatchedBackend:
         """Batch with the settings' max_batch / max_wait_ms / max_queue; record batch figures in `metrics`."""
 
         def on_batch(key: Hashable, size: int, seconds: float) -> None:
-            metrics.batch_size.observe(size, REQUEST_ROUTES[key[0]])
-            metrics.inference.observe(seconds, REQUEST_ROUTES[key[0]])
+            metrics.batch_size.observe(size, SERVED_BY_KIND[key[0]].route)
+            metrics.inference.observe(seconds, SERVED_BY_KIND[key[0]].route)
 
         self.batcher = MicroBatcher(engine.run, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue,
                                     on_batch=on_batch)
@@ -298,7 +299,7 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
 
     async def detect(request: Request, kind: str) -> JSONResponse:
         t0 = time.perf_counter()
-        route = REQUEST_ROUTES[kind]
+        route = SERVED_BY_KIND[kind].route
         admitted = False
         try:
             check_auth(request)
@@ -309,7 +310,7 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
             admitted = True
             body = await read_body(request, settings.max_body, deadline)
             metrics.bytes_in.inc(route, amount=len(body))
-            parse, limit = ((engine.parse_image, settings.max_pixels) if kind == "image" else
+            parse, limit = ((engine.parse_image, settings.max_pixels) if kind == IMAGE else
                             (engine.parse_features, settings.max_body))
 
             async def validate_and_run(body: bytearray) -> tuple[dict[str, Any], int]:
@@ -340,15 +341,15 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
         metrics.requests.inc(route, 200)
         return response
 
-    @app.post(IMAGE_PATH)
-    async def detect_image(request: Request) -> JSONResponse:
-        """Full cloud detector on a JPEG/PNG body (ECC_I)."""
-        return await detect(request, "image")
+    def endpoint(served: ServedRoute):
+        async def detect_route(request: Request) -> JSONResponse:
+            return await detect(request, served.kind)
 
-    @app.post(FEATURES_PATH)
-    async def detect_features(request: Request) -> JSONResponse:
-        """Adapter decoders + cloud tail on a feature payload (ECC_A/ECC_D)."""
-        return await detect(request, "features")
+        detect_route.__doc__ = f"Answer a {served.kind} body with the {served.route} route."
+        return detect_route
+
+    for served in SERVED_ROUTES:  # one endpoint per served route (ecc_yolo.serve.protocol.SERVED_ROUTES)
+        app.add_api_route(served.path, endpoint(served), methods=["POST"], name=f"detect_{served.kind}")
 
     @app.get(HEALTH_PATH)
     async def healthz() -> dict[str, str]:
