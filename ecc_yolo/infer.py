@@ -66,3 +66,16 @@ def detections(output: Any, end2end: bool, nms_args: dict[str, Any], input_shape
         det[:, :4] = ops.scale_boxes(tuple(input_shape), det[:, :4], tuple(shape), ratio_pad=pad)
         out.append(det)
     return out
+
+
+def input_shape_for(imgsz: int | tuple[int, int] | list[int], stride: int) -> tuple[int, int]:
+    """(h, w) network input size from an `imgsz` argument; must be multiples of `stride`.
+
+    Raises:
+        ValueError: not a positive multiple of the stride.
+    """
+    sides = [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    h, w = (sides * 2)[:2]
+    if len(sides) > 2 or not all(isinstance(v, int) and v >= stride and v % stride == 0 for v in (h, w)):
+        raise ValueError(f"imgsz must be a multiple of the model stride {stride}, got {imgsz!r}")
+    return int(h), int(w)

@@ -39,11 +39,10 @@ from ecc_yolo.args import user_overrides
 from ecc_yolo.codec import JPEG_QUALITY, encode_features, encode_jpeg
 from ecc_yolo.deploy import DeploySettings, resolve
 from ecc_yolo.edge import EdgeOutputs, EdgeRuntime, TorchEdge, load_edge
-from ecc_yolo.infer import detections, input_tensor, nms_settings
+from ecc_yolo.infer import detections, input_shape_for, input_tensor, nms_settings
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.policy import Budget, BudgetController
 from ecc_yolo.routes import ADAPTED, AUTO, CLOUD, DEVICE_ROUTES, EDGE, EXTENSION, FALLBACK, STREAM_ROUTES
-from ecc_yolo.serve.engine import input_shape_for
 from ecc_yolo.serve.link import CloudLink, ModelMismatchError, OffloadError
 from ecc_yolo.serve.protocol import SERVED_BY_ROUTE, detections_array, resolve_token
 

@@ -28,7 +28,7 @@ from ecc_yolo.codec import (
     decode_features,
     decode_image,
 )
-from ecc_yolo.infer import detections, input_tensor, nms_settings, route_end2end
+from ecc_yolo.infer import detections, input_shape_for, input_tensor, nms_settings, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.payload import peek_input_shape
 from ecc_yolo.serve.protocol import (
@@ -40,19 +40,6 @@ from ecc_yolo.serve.protocol import (
     RequestError,
     detections_json,
 )
-
-
-def input_shape_for(imgsz: int | tuple[int, int] | list[int], stride: int) -> tuple[int, int]:
-    """(h, w) network input size from an `imgsz` argument; must be multiples of `stride`.
-
-    Raises:
-        ValueError: not a positive multiple of the stride.
-    """
-    sides = [imgsz] if isinstance(imgsz, int) else list(imgsz)
-    h, w = (sides * 2)[:2]
-    if len(sides) > 2 or not all(isinstance(v, int) and v >= stride and v % stride == 0 for v in (h, w)):
-        raise ValueError(f"imgsz must be a multiple of the model stride {stride}, got {imgsz!r}")
-    return int(h), int(w)
 
 
 @dataclass(frozen=True)
