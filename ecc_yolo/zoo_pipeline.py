@@ -66,25 +66,18 @@ PRESETS = {
     # is 4x cheaper; 1500 images x 40 epochs per detector gave a 0.19 mAP50-95 edge/cloud gap (0.222 vs 0.413) in a
     # probe; the cloud epoch takes 33 s here (93 s on the probe's machine), which leaves room for 20 adapt epochs.
     "cpu": {
+        **_CPU_V1,  # the first zoo's settings (sizes, batch, hyper-parameters; see below), except:
         "name": "ecc-synth2-q-n-160",
         "generator": "2.0",  # difficulty only in the scene (ecc_yolo/data/synthetic.py, _SCENES_V2)
         "test_seed": 20261206,  # drawn when the v2 zoo was planned; no run before it saw this split
-        "cfg": "ecc-synth-yolo11q-n.yaml",
-        "train": 1500,
-        "val": 300,
-        "test": 500,
-        "imgsz": 160,
-        "batch": 32,
         # adapt and extension shorter than the first zoo's 40 / 24: a cloud epoch takes 56 s on this session's
         # machine (34 s on the first zoo's), and the whole run must stay within 150 min (docs/BENCHMARKS.md 5f)
         "epochs": {"cloud": 40, "edge": 40, "adapt": 24, "extension": 12, "gate": 8},
-        "device": "cpu",
-        "mix": None,  # the generator's default easy/hard/complex mix, 50/30/20
-        "hyp": [],  # Ultralytics' default hyper-parameters (optimizer=auto picks AdamW for runs this short)
-        # optimizer=auto gives AdamW at lr0 0.00083 for 8 classes; 0.002 raised the adapted route's held-out mAP50-95
-        # from 0.298 to 0.320 in 20 epochs (docs/BENCHMARKS.md 5b), still rising at the end (the first zoo's re-ship
-        # gave adapt 40 epochs; this preset 24, for the time budget above)
-        "stage_hyp": {"adapt": ["optimizer=AdamW", "lr0=0.002"], "extension": ["optimizer=AdamW", "lr0=0.002"]},
+        # mix None: the generator's default easy/hard/complex mix, 50/30/20. hyp []: Ultralytics' defaults
+        # (optimizer=auto picks AdamW for runs this short). stage_hyp: optimizer=auto gives AdamW at lr0 0.00083 for 8
+        # classes; 0.002 raised the adapted route's held-out mAP50-95 from 0.298 to 0.320 in 20 epochs
+        # (docs/BENCHMARKS.md 5b), still rising at the end (the first zoo's re-ship gave adapt 40 epochs; this
+        # preset 24, for the time budget above)
     },
     "cpu-v1": _CPU_V1,
     # The GPU zoo (one H100: ~30 min), selected explicitly with `--preset gpu`.

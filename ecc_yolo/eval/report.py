@@ -12,19 +12,15 @@ import numpy as np
 from ecc_yolo.eval.routers import CurvePoint
 from ecc_yolo.routes import ADAPTED, CLOUD, DEVICE_ROUTES
 
-STYLE = {  # router -> (colour, line style, label)
+_TARGETS = {"D": ("tab:blue", "adapted"), "D+": ("tab:purple", "three-way"), "I": ("tab:orange", "full cloud")}
+_REFERENCES = {"oracle": (":", "greedy oracle"), "best_oracle": ("-.", "best oracle"), "random": ("--", "random")}
+STYLE = {  # router -> (colour, line style, label): a colour per target, a line style per kind of router
     "ECC_D": ("tab:blue", "-", "ECC_D (gate, adapted features)"),
     "ECC_D+": ("tab:purple", "-", "ECC_D+ (gate, features or JPEG)"),
     "ECC_I": ("tab:orange", "-", "ECC_I (gate, JPEG to full cloud)"),
-    "oracle_D": ("tab:blue", ":", "greedy oracle (adapted)"),
-    "oracle_D+": ("tab:purple", ":", "greedy oracle (three-way)"),
-    "oracle_I": ("tab:orange", ":", "greedy oracle (full cloud)"),
-    "best_oracle_D": ("tab:blue", "-.", "best oracle (adapted)"),
-    "best_oracle_D+": ("tab:purple", "-.", "best oracle (three-way)"),
-    "best_oracle_I": ("tab:orange", "-.", "best oracle (full cloud)"),
-    "random_D": ("tab:blue", "--", "random (adapted)"),
-    "random_I": ("tab:orange", "--", "random (full cloud)"),
     "MEANet": ("tab:green", "-", "MEANet three exits (router)"),
+    **{f"{kind}_{t}": (colour, line, f"{label} ({what})") for kind, (line, label) in _REFERENCES.items()
+       for t, (colour, what) in _TARGETS.items() if not (kind == "random" and t == "D+")},
 }
 
 
