@@ -16,19 +16,19 @@ from ultralytics.utils import DEFAULT_CFG_DICT, YAML, IterableSimpleNamespace
 
 from ecc_yolo.deploy import ROUTERS
 from ecc_yolo.routes import INFER_ROUTES
+from ecc_yolo.stages import STAGES
 
 ECC_DEFAULTS_FILE = Path(__file__).resolve().parent / "cfg" / "default.yaml"
-STAGES = ("edge", "cloud", "adapt", "gate", "joint", "extension")
 JOINT_OBJECTIVES = ("edge", "adapted", "gate")
 SERVE_BACKENDS = ("fastapi", "ray")
 
-# (kind, allowed) -> the keys of that kind. kind is "choice" (allowed: tuple), "bool", "float>=" (allowed: lower
+# (kind, allowed) -> the keys of that kind. kind is "stage" (a name in ecc_yolo.stages.STAGES), "choice" (allowed: tuple), "bool", "float>=" (allowed: lower
 # bound), "float>" (exclusive lower bound), "int>=" (lower bound), "int in" ((low, high), inclusive), "fraction"
 # (0 < x <= 1), "model" (a .pt/.yaml path), "prefs", "text" (a non-empty string), "secret" (None or a non-empty string
 # or number), "url" (None or an http(s):// URL), "budget" (None, a ratio or a bit rate: ecc_yolo.policy.Budget.parse),
 # "optional int>=" (None or an integer >= the bound) or "optional number" (None or a number).
 _KEYS_BY_KIND: dict[tuple[str, Any], tuple[str, ...]] = {
-    ("choice", STAGES): ("stage",),
+    ("stage", None): ("stage",),
     ("choice", INFER_ROUTES): ("route",),
     ("choice", SERVE_BACKENDS): ("backend",),
     ("optional choice", ROUTERS): ("router",),
@@ -99,7 +99,9 @@ def check_ecc_values(args: dict[str, Any]) -> None:
         if key not in args:
             continue
         v = args[key]
-        if kind in ("choice", "optional choice"):
+        if kind == "stage":  # read when checked: a stage registered at run time is a valid choice too
+            ok, want = v in STAGES, f"one of {', '.join(STAGES)}"
+        elif kind in ("choice", "optional choice"):
             ok = v in allowed or (v is None and kind.startswith("optional"))
             want = f"one of {', '.join(allowed)}" + (" or empty" if kind.startswith("optional") else "")
         elif kind == "bool":

@@ -43,15 +43,9 @@ from ultralytics.utils.loss import v8DetectionLoss
 from ecc_yolo.infer import VALIDATION_NMS
 from ecc_yolo.pareto import min_norm_weights
 from ecc_yolo.quality import batch_stats, marginal_gains
+from ecc_yolo.routes import EDGE
+from ecc_yolo.stages import get_stage
 
-STAGE_TRAINABLE = {
-    "edge": ("edge",),
-    "cloud": ("cloud",),
-    "adapt": ("adapters", "adapted_cloud"),
-    "gate": ("gate", "router"),
-    "joint": ("edge", "adapters", "gate", "adapted_cloud"),
-    "extension": ("extension",),
-}
 GATE_NMS = VALIDATION_NMS  # gain targets are measured on detections made as validation makes them
 EXIT_LABEL_MARGIN = 0.05  # mAP50-95 gain: below it the cloud does not beat the main exit (easy), and the extension
 #                           closes the gap when it comes within it of the cloud (hard)
@@ -171,12 +165,12 @@ class ECCLoss:
         self.model = model
         args = model.args
         self.hyp = args if hasattr(args, "stage") else SimpleNamespace(**args)
-        self.stage = self.hyp.stage
+        self.stage = get_stage(self.hyp.stage)
         for part in (model.edge, model.cloud):
             part.args = self.hyp
         self.edge_det = model.edge.init_criterion()
         self.cloud_det = model.cloud.init_criterion()
-        if self.stage == "edge" and self.hyp.rrb > 1:
+        if self.stage.boosts_positives and self.hyp.rrb > 1:
             self._boost_positives(self.edge_det, self.hyp.rrb)
         self.prefs = torch.tensor(self.hyp.prefs or [1.0, 1.0, 1.0], dtype=torch.float32)
         self.last_weights: torch.Tensor | None = None  # joint stage: the weights of the last step
@@ -196,34 +190,37 @@ class ECCLoss:
 
     # -- objectives ------------------------------------------------------------------------------------------
     def __call__(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss of the stage for one batch; `preds` is the model's output for the batch when the caller has it."""
-        if self.stage in ("edge", "cloud"):
-            route = self.stage
-            out = preds.get(route) if isinstance(preds, dict) and route in preds else preds
-            if out is None:
-                m = self.model
-                out = m.edge_forward(batch["img"])[0] if route == "edge" else m.cloud_forward(batch["img"])
-            return (self.edge_det if route == "edge" else self.cloud_det)(out, batch)
-        if self.stage == "adapt":
-            with torch.no_grad():
-                feats = self.model.edge_features(batch["img"])
-            terms = self.adaptation_terms(batch, feats)
-            names = ("feat", "det", "kd", "rate")
-            weights = [getattr(self.hyp, n) for n in names]
-            bs = batch["img"].shape[0]
-            loss = torch.stack([w * terms[n] for w, n in zip(weights, names)]) * bs
-            return loss, {n: terms[n].detach() for n in names}
-        if self.stage == "gate":
-            with torch.no_grad():
-                edge_out, feats = self.model.edge_forward(batch["img"], keep=self._edge_keep())
-            loss, target, router = self.gate_objective(batch, feats, edge_out, with_router=True)
-            items = {"gate": loss.detach(), "gain": target[:, 0].mean(), "router": router.detach()}
-            return (loss + router)[None] * batch["img"].shape[0], items
-        if self.stage == "extension":
-            return self.extension_objective(batch)
-        if self.stage == "joint":
-            return self.joint_objective(batch)
-        raise ValueError(f"unknown stage '{self.stage}'")
+        """Loss of the stage for one batch (its objective, `OBJECTIVES[stage.objective]`); `preds` is the model's
+        output for the batch when the caller has it."""
+        return OBJECTIVES[self.stage.objective](self, batch, preds)
+
+    def detector_objective(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """stage=edge/cloud: the detection loss of the stage's own detector (Ultralytics' criterion)."""
+        route = self.stage.route
+        out = preds.get(route) if isinstance(preds, dict) and route in preds else preds
+        if out is None:
+            m = self.model
+            out = m.edge_forward(batch["img"])[0] if route == EDGE else m.cloud_forward(batch["img"])
+        return (self.edge_det if route == EDGE else self.cloud_det)(out, batch)
+
+    def adapt_objective(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """stage=adapt: the weighted feat, det, kd and rate terms (`adaptation_terms`)."""
+        with torch.no_grad():
+            feats = self.model.edge_features(batch["img"])
+        terms = self.adaptation_terms(batch, feats)
+        names = ("feat", "det", "kd", "rate")
+        weights = [getattr(self.hyp, n) for n in names]
+        bs = batch["img"].shape[0]
+        loss = torch.stack([w * terms[n] for w, n in zip(weights, names)]) * bs
+        return loss, {n: terms[n].detach() for n in names}
+
+    def gate_step_objective(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """stage=gate: the gate's recall-rate-boosted regression, plus the exit router's loss on a multi-exit edge."""
+        with torch.no_grad():
+            edge_out, feats = self.model.edge_forward(batch["img"], keep=self._edge_keep())
+        loss, target, router = self.gate_objective(batch, feats, edge_out, with_router=True)
+        items = {"gate": loss.detach(), "gain": target[:, 0].mean(), "router": router.detach()}
+        return (loss + router)[None] * batch["img"].shape[0], items
 
     def _edge_keep(self) -> tuple[int, ...]:
         return self.model.device_layers
@@ -288,7 +285,7 @@ class ECCLoss:
                                      torch.from_numpy(labels).to(img.device), weight=weight.to(img.device))
         return loss, target, router
 
-    def extension_objective(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def extension_objective(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Detection loss of the extension exit on all frames and again on the frames the main exit handles poorly,
         plus distillation of the cloud's head outputs (see the module docstring)."""
         m = self.model
@@ -317,7 +314,7 @@ class ECCLoss:
         return loss, {"det": det.detach(), "hard": hard.detach(), "kd": kd.detach(),
                       "hard_share": poor.float().mean()}
 
-    def joint_objective(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def joint_objective(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Edge, adapted and gate objectives combined by preference weights or by the Pareto descent direction."""
         m = self.model
         img = batch["img"]
@@ -384,3 +381,13 @@ def _detach(output: Any) -> Any:
     if isinstance(output, list):
         return [_detach(x) for x in output]
     return output
+
+
+# objective name (`ecc_yolo.stages.Stage.objective`) -> the ECCLoss method that computes it
+OBJECTIVES = {
+    "detector": ECCLoss.detector_objective,
+    "adapt": ECCLoss.adapt_objective,
+    "gate": ECCLoss.gate_step_objective,
+    "extension": ECCLoss.extension_objective,
+    "joint": ECCLoss.joint_objective,
+}

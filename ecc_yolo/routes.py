@@ -44,9 +44,6 @@ ROUTE_CODES = {EDGE: 0, ADAPTED: 1, CLOUD: 2, EXTENSION: 3}  # how evaluation en
 EXIT_CODES = {name: code for code, name in enumerate(EXITS)}
 EXIT_ROUTES = {MAIN: EDGE, EXTENSION: EXTENSION, CLOUD: ADAPTED}  # the route that answers each exit
 
-# Which route a training stage trains and validates as its own (fitness, Ultralytics' tables)
-STAGE_ROUTE = {"edge": EDGE, "cloud": CLOUD, "adapt": ADAPTED, "gate": ADAPTED, "joint": ADAPTED,
-               "extension": EXTENSION}
 
 
 def exits_to_routes(exits: np.ndarray) -> np.ndarray:

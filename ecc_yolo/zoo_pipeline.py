@@ -36,6 +36,7 @@ from ultralytics.utils import LOGGER
 
 from ecc_yolo.args import command_line
 from ecc_yolo.spec import CFG_DIR
+from ecc_yolo.stages import get_stage
 from ecc_yolo.zoo import ASSETS, sha256
 
 TRAIN_SEED = 0
@@ -119,15 +120,14 @@ PRESETS = {
     },
 }
 STAGE_ORDER = ("cloud", "edge", "adapt", "extension", "gate")
-# The method's settings per stage, every preset (the loss weights not named are the defaults: feat=4, kd=1, rate=0)
-STAGE_ARGS = {"edge": ["distill=True"], "adapt": ["det=1.0"], "gate": ["rrb=2.0", "router_balance=True"]}
 
 
 def stage_args(preset: dict, stage: str, no_distill: bool = False) -> list[str]:
     """The `ecc-yolo train` arguments a stage adds to model/data/epochs: the preset's hyper-parameters, the method's
-    STAGE_ARGS, then the preset's per-stage hyper-parameters; a later `key=value` replaces an earlier one."""
+    stage's `zoo_args` (`ecc_yolo.stages`), then the preset's per-stage hyper-parameters; a later `key=value`
+    replaces an earlier one (the loss weights not named are the defaults: feat=4, kd=1, rate=0)."""
     merged: dict[str, str] = {}
-    for arg in (*preset["hyp"], *STAGE_ARGS.get(stage, []), *preset.get("stage_hyp", {}).get(stage, [])):
+    for arg in (*preset["hyp"], *get_stage(stage).zoo_args, *preset.get("stage_hyp", {}).get(stage, [])):
         merged[arg.split("=", 1)[0]] = arg
     if no_distill:
         merged.pop("distill", None)

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ecc_yolo"
 # layer -> module prefixes (a prefix covers its submodules); lowest first
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("routes", "spec", "codec", "policy", "pareto", "quality", "zoo", "data", "version")),
-    ("config", ("args", "deploy")),
+    ("config", ("args", "deploy", "stages")),
     ("model", ("nn", "payload", "infer")),
     ("runtime", ("costs", "checkpoint", "edge")),
     ("evaluation and objectives", ("eval", "losses")),

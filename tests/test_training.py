@@ -284,3 +284,25 @@ def test_best_pt_is_the_epoch_with_the_best_stage_metric_by_ecc_yolos_map(tiny_z
     assert saved["fitness"] == pytest.approx(max(ours), abs=1e-4) != pytest.approx(max(theirs), abs=1e-6)
     best = rows[int(np.argmax(ours))]  # the epoch best.pt holds (its metrics are saved with it)
     assert saved["metrics/cloud_mAP50-95(B)"] == pytest.approx(best["metrics/cloud_mAP50-95(B)"], abs=1e-5)
+
+
+def test_a_new_stage_is_one_registry_entry(synth_data, tmp_path, monkeypatch):
+    """Adding a stage is one entry in ecc_yolo.stages.STAGES: a stage that trains only the adapted route's tail copy
+    with the adapt objective needs no other change, and the trainer, validator and objectives follow it."""
+    from ecc_yolo import stages
+    from ecc_yolo.routes import ADAPTED
+
+    monkeypatch.setitem(stages.STAGES, "tail", stages.Stage("tail", ADAPTED, ("adapted_cloud",), "adapt"))
+    cfg = tmp_path / "tiny-copy.yaml"
+    cfg.write_text((CFG_DIR / "ecc-tiny-11.yaml").read_text() + "\ntail: copy\n")
+    from ecc_yolo.checkpoint import save_ecc
+
+    built = ECCModel(cfg, verbose=False)
+    start = save_ecc(built, tmp_path / "start.pt")
+    ECCTrainer(overrides=train_args(synth_data, tmp_path, model=str(start), stage="tail", name="tail")).train()
+    before, _ = load_ecc(start)
+    after, _ = load_ecc(tmp_path / "tail" / "weights" / "last.pt")
+    changed = {part for part in ("edge", "cloud", "adapters", "gate", "adapted_cloud")
+               if not same_state(part_state(before, part), part_state(after, part))}
+    assert changed == {"adapted_cloud"}, changed
+    assert (tmp_path / "tail" / "results.csv").read_text().count("\n") >= 2  # validated as its own route

@@ -2,7 +2,7 @@
 
 The training loop, optimizer, scheduler, EMA, AMP, checkpoints, resume, early stopping and plots are Ultralytics'.
 What a stage changes:
-    - which parts are trainable (`ecc_yolo.losses.STAGE_TRAINABLE`); the rest is frozen after Ultralytics' own
+    - which parts are trainable (`ecc_yolo.stages`: the stage's `trainable`); the rest is frozen after Ultralytics' own
       freezing pass and kept in eval mode, so its BatchNorm statistics do not move;
     - the objective (`ecc_yolo.losses.ECCLoss`), built here and set as the model's `criterion`, so the model's
       `loss` returns it like any YOLO loss;
@@ -34,13 +34,12 @@ from ultralytics.utils.torch_utils import unwrap_model
 from ecc_yolo.args import all_defaults, check_ecc_values, check_keys, default_project
 from ecc_yolo.data.unlabeled import build_image_only_dataset
 from ecc_yolo.engine.validator import ECCValidator
-from ecc_yolo.losses import STAGE_TRAINABLE, ECCLoss
+from ecc_yolo.losses import ECCLoss
 from ecc_yolo.nn.adapters import calibrate_whitening, whitening_calibrated
 from ecc_yolo.nn.ecc_model import PARTS, ECCModel, find_ecc
-from ecc_yolo.routes import STAGE_ROUTE
+from ecc_yolo.stages import STAGES, get_stage
 
 RESUME_STATE = "last_state.pt"  # exact-resume state kept beside last.pt while a run is unfinished
-CALIBRATED_STAGES = ("gate", "joint")  # stages that train the gate/router and so fit the default operating point
 
 
 def freeze_parts(ecc: ECCModel, parts: tuple[str, ...]) -> None:
@@ -84,18 +83,21 @@ class ECCTrainer(DetectionTrainer):
         check_ecc_values(overrides)
         if cfg is DEFAULT_CFG:
             cfg = all_defaults()
-        stage = overrides.get("stage", all_defaults()["stage"])
-        if overrides.get("label_free") and stage != "adapt":
-            raise ValueError(f"label_free=True is a stage=adapt option (feature matching and distillation from the "
-                             f"cloud need no labels), not stage={stage}")
+        stage = get_stage(overrides.get("stage", all_defaults()["stage"]))
+        if overrides.get("label_free") and not stage.label_free:
+            allowed = ", ".join(s.name for s in STAGES.values() if s.label_free)
+            raise ValueError(f"label_free=True is an option of stage={allowed} (feature matching and distillation "
+                             f"from the cloud need no labels), not stage={stage.name}")
         overrides.setdefault("project", default_project())
         overrides.setdefault("name", overrides.get("stage", cfg.get("stage")))
         super().__init__(cfg, overrides, _callbacks)
         self.stage = self.args.stage
-        if self.stage == "edge" and self.args.distill and self.args.distill_model is None:
+        self.stage_spec = get_stage(self.stage)
+        if self.stage_spec.distills and self.args.distill and self.args.distill_model is None:
             self.args.distill_model = str(self.wdir / "teacher.pt")  # written once the model exists
-        elif self.args.distill and self.stage != "edge":
-            LOGGER.warning(f"distill=True applies to stage=edge only; ignored for stage={self.stage}")
+        elif self.args.distill and not self.stage_spec.distills:
+            LOGGER.warning(f"distill=True applies to stage={', '.join(s.name for s in STAGES.values() if s.distills)} "
+                           f"only; ignored for stage={self.stage}")
         if self.args.label_free:
             if self.args.det:
                 LOGGER.info(f"label_free=True: the detection term needs labels, det={self.args.det} set to 0")
@@ -107,14 +109,14 @@ class ECCTrainer(DetectionTrainer):
         model = ECCModel(cfg, nc=self.data["nc"], ch=self.data.get("channels", 3), verbose=verbose and RANK == -1)
         if weights:
             model.load(weights, verbose=verbose)
-        model.set_route(STAGE_ROUTE[self.stage])
+        model.set_route(get_stage(self.stage).route)
         return model
 
     def setup_model(self):
         """Ultralytics' setup, plus the distillation teacher file for stage=edge distill=True."""
         ckpt = super().setup_model()
         teacher = self.args.distill_model
-        if self.stage == "edge" and self.args.distill and teacher == str(self.wdir / "teacher.pt"):
+        if self.stage_spec.distills and self.args.distill and teacher == str(self.wdir / "teacher.pt"):
             if not self.wdir.joinpath("teacher.pt").exists():
                 self._write_teacher(find_ecc(self.model))
         return ckpt
@@ -160,7 +162,7 @@ class ECCTrainer(DetectionTrainer):
         """Dataloaders, then (stage=adapt) whitening calibration before the EMA copies the model."""
         super()._build_train_pipeline()
         ecc = find_ecc(self.model)
-        if self.stage in ("adapt", "joint") and not whitening_calibrated(ecc.adapters):
+        if self.stage_spec.calibrates_whitening and not whitening_calibrated(ecc.adapters):
             # A loader of its own, without augmentation or shuffling: statistics of real images, and the training
             # loader's position and random state stay untouched (exact resume depends on it).
             loader = self.get_dataloader(self.data["train"], batch_size=self.batch_size, rank=-1, mode="val")
@@ -179,7 +181,7 @@ class ECCTrainer(DetectionTrainer):
         """Ultralytics' setup, then freeze every part this stage does not train."""
         super()._setup_train()
         ecc = find_ecc(self.model)
-        trainable = set(STAGE_TRAINABLE[self.stage]) - set(frozen_parts_arg(self.args.freeze))
+        trainable = set(self.stage_spec.trainable) - set(frozen_parts_arg(self.args.freeze))
         freeze_parts(ecc, tuple(p for p in PARTS if p not in trainable))
         model = unwrap_model(self.model)
         if isinstance(model, DistillationModel):
@@ -199,10 +201,10 @@ class ECCTrainer(DetectionTrainer):
         """Ultralytics' checkpoints, plus weights/last_state.pt with the exact training state of this epoch; at
         stage=cloud the adapted route's tail copy saved equal to the trained cloud's tail; at stage=gate/joint the
         default operating point calibrated on this epoch's validation (`ECCValidator.operating_point`)."""
-        if self.stage == "cloud":
+        if self.stage_spec.syncs_tail_copy:
             for model in (self.model, self.ema.ema):
                 find_ecc(unwrap_model(model)).sync_tail_copy()
-        if self.stage in CALIBRATED_STAGES and getattr(self.validator, "gate_scores", None):
+        if self.stage_spec.calibrates_operating_point and getattr(self.validator, "gate_scores", None):
             # the default operating point, fitted on this epoch's validation of the EMA model that is saved next
             settings = self.validator.operating_point(self.args.offload).as_dict()
             for model in (self.model, self.ema.ema):

@@ -37,7 +37,8 @@ from ecc_yolo.eval.dataset import from_boxes
 from ecc_yolo.infer import VALIDATION_NMS, detections, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel, find_ecc
 from ecc_yolo.policy import decide
-from ecc_yolo.routes import ADAPTED, ALL_ROUTES, EDGE, EXIT_ROUTES, EXITS, ROUTE_CODES, STAGE_ROUTE
+from ecc_yolo.routes import ADAPTED, ALL_ROUTES, EDGE, EXIT_ROUTES, EXITS, ROUTE_CODES
+from ecc_yolo.stages import ECC_D_METRIC, get_stage
 
 NEEDED_GAIN = 0.05  # an image "needs" offloading when its gain from the adapted route exceeds this (mAP50-95)
 GAIN_CHUNK = 64  # images per group when measuring those gains (RouteMixEvaluator.marginal_gains): cheap per epoch
@@ -60,7 +61,8 @@ class ECCValidator(DetectionValidator):
         check_ecc_values(ecc_args)
         super().__init__(dataloader, save_dir, ultralytics_args, _callbacks)
         self.args = get_cfg(all_defaults(), {**vars(self.args), **ecc_args})
-        self.primary = STAGE_ROUTE[self.args.stage]
+        self.stage = get_stage(self.args.stage)
+        self.primary = self.stage.route
         self.ecc: ECCModel | None = None
 
     # -- per batch ---------------------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ class ECCValidator(DetectionValidator):
             for name in EXITS:
                 stats[f"metrics/exit_{name}_share"] = float((chosen == ROUTE_CODES[EXIT_ROUTES[name]]).mean())
         # one metric picks best.pt: the stage's own, by ecc-yolo's mAP (not Ultralytics' own on the primary route)
-        stats["fitness"] = fitness(eccd50, eccd) if self.args.stage in ("gate", "joint") else \
+        stats["fitness"] = fitness(eccd50, eccd) if self.stage.metric == ECC_D_METRIC else \
             fitness(*routes[self.primary])
         self.route_summary = {**routes, f"ECC_D @ {self.args.offload:.0%} offload": (eccd50, eccd)}
         self.metrics.ecc = {k: v for k, v in stats.items() if k.startswith("metrics/") or k == "fitness"}
