@@ -11,8 +11,8 @@ route, the rest by the edge (`ecc_yolo.policy.decide`).
 
 Extra metrics (results.csv, console): metrics/{edge,adapted,cloud}_mAP50(B), ..._mAP50-95(B),
 metrics/eccd_mAP50-95(B), metrics/offload_recall (share of the images that needed offloading, gain from the adapted
-route above NEEDED_GAIN, that the deployed rule offloads: predicted gain > the model's gate_threshold, or
-`gate_threshold=`), metrics/offload_ratio (share that rule offloads) and metrics/feat (feature-matching loss). `operating_point` fits the
+route above NEEDED_GAIN, whose predicted gain exceeds the fixed gate threshold, `policy.GAIN_THRESHOLD` or
+`gate_threshold=`: the gate's own scale, which recall-rate boosting moves), metrics/offload_ratio (share that rule offloads) and metrics/feat (feature-matching loss). `operating_point` fits the
 model's default operating point on the frames of the last validation (stage=gate/joint save it with the model).
 Fitness, which picks best.pt, is the stage's own metric by this one mAP: its route's (0.1 mAP50 + 0.9 mAP50-95,
 Ultralytics' weighting), or ECC_D's for stage=gate/joint; Ultralytics' own mAP of the primary route only fills its
@@ -31,7 +31,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import LOGGER, ops
 
 from ecc_yolo.args import all_defaults, check_ecc_values, default_project, split_args
-from ecc_yolo.deploy import ECC_D, DeploySettings, calibrate, fit_margin, model_settings, resolve
+from ecc_yolo.deploy import DeploySettings, calibrate, fit_margin, model_settings
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import from_boxes
 from ecc_yolo.infer import VALIDATION_NMS, detections, route_end2end
@@ -138,8 +138,10 @@ class ECCValidator(DetectionValidator):
         eccd, eccd50 = self.routed_map(decide(gains, ratio=self.args.offload).routes)
         stats["metrics/eccd_mAP50(B)"], stats["metrics/eccd_mAP50-95(B)"] = eccd50, eccd
         needed = evaluator.marginal_gains(ADAPTED, chunk=GAIN_CHUNK) > NEEDED_GAIN
-        threshold = resolve(self.ecc, {**vars(self.args), "router": ECC_D}).threshold
-        decided = decide(gains, threshold=threshold).offloaded  # ECC_D's deployed rule: predicted gain > threshold
+        # the gate's own scale: its predicted gain against the fixed threshold (not the calibrated one, which moves
+        # with the predictions and would hide what recall-rate boosting does to them)
+        threshold = self.ecc.gate_threshold if self.args.gate_threshold is None else self.args.gate_threshold
+        decided = decide(gains, threshold=threshold).offloaded
         stats["metrics/offload_recall"] = float(decided[needed].mean()) if needed.any() else 1.0
         stats["metrics/offload_ratio"] = float(decided.mean())
         stats["metrics/feat"] = float(np.mean(self.feat_losses))
