@@ -276,7 +276,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for the network from the CLI unless asked to
     from ecc_yolo.args import ArgumentError
-    from ecc_yolo.codec import PayloadError
+    from ecc_yolo.payload.codec import PayloadError
     from ecc_yolo.spec import ECCConfigError
 
     try:

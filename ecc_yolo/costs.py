@@ -17,7 +17,7 @@ from ultralytics import ASSETS
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils.torch_utils import get_flops
 
-from ecc_yolo.codec import JPEG_QUALITY, encode_features, encode_jpeg
+from ecc_yolo.payload.codec import JPEG_QUALITY, encode_features, encode_jpeg
 from ecc_yolo.infer import input_tensor
 from ecc_yolo.nn.ecc_model import ECCModel
 
@@ -109,7 +109,7 @@ def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:
     costs["adapted_gflops_ratio"] = costs["adapted_cloud_gflops"] / costs["cloud_gflops"]
     costs["payload_bytes_features"] = len(encode_features(payload))
     costs["payload_bytes_jpeg"] = len(encode_jpeg(frame, JPEG_QUALITY))
-    costs["jpeg_quality"] = JPEG_QUALITY  # what the device sends (ecc_yolo.codec.JPEG_QUALITY)
+    costs["jpeg_quality"] = JPEG_QUALITY  # what the device sends (ecc_yolo.payload.codec.JPEG_QUALITY)
     costs["payload_bytes_ratio"] = costs["payload_bytes_features"] / costs["payload_bytes_jpeg"]
     costs["params"] = {
         "edge": count_params(model.edge),

@@ -23,7 +23,7 @@ CLOUD = "cloud"
 ADAPTED = "adapted"
 EXTENSION = "extension"
 FALLBACK = "fallback"  # stream client: offloaded, but answered by the edge (the cloud was slow or down)
-# Evaluation only: the full cloud on the decoded JPEG the device sends (ecc_yolo.codec.JPEG_QUALITY). `cloud` stays the
+# Evaluation only: the full cloud on the decoded JPEG the device sends (ecc_yolo.payload.codec.JPEG_QUALITY). `cloud` stays the
 # cloud on the frame's own pixels (its ceiling); a frame a router sends to the cloud is answered as its JPEG is.
 CLOUD_JPEG = "cloud_jpeg"
 ANSWERED_AS = {CLOUD: CLOUD_JPEG}  # route a router chooses -> the evaluated detections that answer it

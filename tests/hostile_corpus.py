@@ -163,7 +163,7 @@ def _patched(data: bytes, offset: int, fmt: str, *values) -> bytes:
 
 def hostile_payloads(good: bytes) -> list[Case]:
     """Feature-route cases derived from a good payload for the served model (all 400 bad_payload)."""
-    from ecc_yolo.codec import decode_features, encode_features
+    from ecc_yolo.payload.codec import decode_features, encode_features
 
     p = decode_features(good)
     t = p.tensors[0]

@@ -29,7 +29,7 @@ def test_info_json_for_the_shipped_n_to_l_cfg():
     assert info["cloud_tail_gflops"] < info["cloud_gflops"]
     # the features against the JPEG the device really sends (q30, chosen on the rate curve): no longer half of it,
     # as they were against a q90 JPEG (docs/BENCHMARKS.md section 1), but still fewer bytes at 640 px
-    from ecc_yolo.codec import JPEG_QUALITY
+    from ecc_yolo.payload.codec import JPEG_QUALITY
 
     assert info["jpeg_quality"] == JPEG_QUALITY and info["payload_bytes_features"] < info["payload_bytes_jpeg"]
     assert set(info["params"]) >= {"edge", "cloud", "cloud_tail", "adapter_encoders", "adapter_decoders", "gate"}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecc_yolo.codec import (
+from ecc_yolo.payload.codec import (
     MAX_LATENT,
     FeaturePayload,
     PayloadError,
@@ -294,7 +294,7 @@ def test_corrupt_range_bodies_are_refused_or_decode_within_range():
 
 
 def test_quantisation_parameters_are_float16_exact_so_the_cloud_sees_what_training_saw():
-    from ecc_yolo.nn.adapters import dequantize, quantize
+    from ecc_yolo.payload.quantize import dequantize, quantize
 
     z = torch.randn(2, 5, 6, 6) * 3 + 1
     codes, scale, offset = quantize(z, 4)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ecc_yolo.args import get_args
 from ecc_yolo.checkpoint import load_ecc
-from ecc_yolo.codec import JPEG_QUALITY, decode_features, decode_image, encode_features, encode_jpeg
+from ecc_yolo.payload.codec import JPEG_QUALITY, decode_features, decode_image, encode_features, encode_jpeg
 from ecc_yolo.infer import input_tensor
 from ecc_yolo.serve.client import EdgeStreamClient, StreamSettings, detect
 from ecc_yolo.serve.engine import CloudEngine
@@ -96,7 +96,7 @@ class Reference:
     @torch.inference_mode()
     def cloud(self, image: np.ndarray) -> tuple[np.ndarray, int]:
         lb = self.letterbox(image=image)
-        data = encode_jpeg(lb, JPEG_QUALITY)  # the quality the client sends (one home: ecc_yolo.codec)
+        data = encode_jpeg(lb, JPEG_QUALITY)  # the quality the client sends (one home: ecc_yolo.payload.codec)
         received = decode_image(data)
         det = self.post(self.model.cloud_forward(input_tensor([self.letterbox(image=received)])), (IMGSZ, IMGSZ),
                         received.shape[:2], self.model.cloud.end2end)

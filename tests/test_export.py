@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import CFG_DIR, REPO
 
-from ecc_yolo.codec import decode_features, encode_features
+from ecc_yolo.payload.codec import decode_features, encode_features
 from ecc_yolo.edge import OnnxEdge, TorchEdge, export_edge_onnx
 from ecc_yolo.engine.model import ECC
 

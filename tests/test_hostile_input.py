@@ -22,7 +22,7 @@ from hostile_corpus import (
 )
 
 from ecc_yolo.checkpoint import load_ecc
-from ecc_yolo.codec import PayloadError, encode_features, image_size
+from ecc_yolo.payload.codec import PayloadError, encode_features, image_size
 from ecc_yolo.infer import input_tensor
 from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.protocol import FEATURES_PATH, IMAGE_PATH, METRICS_PATH, TIMEOUT_HEADER
@@ -111,7 +111,7 @@ def test_client_mistakes_are_4xx_never_500(server, corpus):
     """Within the codec's ranges but still odd: answered (200) or refused (4xx), never a server error."""
     import dataclasses
 
-    from ecc_yolo.codec import decode_features
+    from ecc_yolo.payload.codec import decode_features
 
     good, _ = corpus
     p = decode_features(good)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ecc_yolo.codec import decode_features, encode_features
+from ecc_yolo.payload.codec import decode_features, encode_features
 from ecc_yolo.edge import TorchEdge
 from ecc_yolo.payload import payload_shapes, peek_input_shape, received_latents
 

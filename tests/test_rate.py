@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecc_yolo.codec import encode_image, image_codec_available
+from ecc_yolo.payload.codec import encode_image, image_codec_available
 from ecc_yolo.eval import rate
 from ecc_yolo.eval.cache import run_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
@@ -140,7 +140,7 @@ def test_quality_90_decoded_frames_give_the_cloud_on_pixels_answers(easy_frames,
     assert _matched_fraction(pixels, point.detections) >= 0.9
 
     # the same checks fail for a decode that mirrors the frame
-    from ecc_yolo import codec
+    from ecc_yolo.payload import codec
 
     real_decode = codec.decode_image
     monkeypatch.setattr(codec, "decode_image", lambda data: np.ascontiguousarray(real_decode(data)[::-1]))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import free_port
 
-from ecc_yolo.codec import encode_jpeg
+from ecc_yolo.payload.codec import encode_jpeg
 from ecc_yolo.serve.local import wait_healthy
 from ecc_yolo.serve.protocol import FEATURES_PATH, HEALTH_PATH, IMAGE_PATH, METRICS_PATH, MODEL_PATH, bearer_header
 from ecc_yolo.serve.server import ServerSettings

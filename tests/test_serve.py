@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ecc_yolo.checkpoint import load_ecc
-from ecc_yolo.codec import FORMAT_VERSION, encode_features, encode_jpeg
+from ecc_yolo.payload.codec import FORMAT_VERSION, encode_features, encode_jpeg
 from ecc_yolo.infer import input_tensor
 from ecc_yolo.serve.batcher import MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine
@@ -117,7 +117,7 @@ def test_features_route_matches_in_process_cloud_tail(server, device_model):
         assert answer["route"] == "adapted" and answer["image_shape"] == list(image.shape[:2])
         assert answer["server_ms"] > 0 and answer["batch_size"] >= 1
         assert {"xyxy", "conf", "cls", "name"} <= set(answer["detections"][0])
-        from ecc_yolo.codec import decode_features
+        from ecc_yolo.payload.codec import decode_features
 
         payload = decode_features(data)
         with torch.inference_mode():
@@ -144,7 +144,7 @@ def test_image_route_matches_in_process_cloud_forward(server, device_model):
 def _bad_requests(model) -> list[tuple[str, str, bytes, dict, int, str]]:
     image = frames(1)[0]
     good = payload_bytes(model, image)
-    from ecc_yolo.codec import decode_features
+    from ecc_yolo.payload.codec import decode_features
 
     payload = decode_features(good)
     wrong_fingerprint = encode_features(dataclasses.replace(payload, fingerprint=bytes(16)))
@@ -203,7 +203,7 @@ def test_a_pickle_is_never_unpickled_even_inside_a_well_framed_payload(server, d
     import struct
     import zlib
 
-    from ecc_yolo.codec import decode_features
+    from ecc_yolo.payload.codec import decode_features
 
     marker = tmp_path / "unpickled"
     evil = pickle.dumps(_Touch(marker))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Choose the JPEG quality the device sends (`ecc_yolo.codec.JPEG_QUALITY`) on a VALIDATION split, never the test
+"""Choose the JPEG quality the device sends (`ecc_yolo.payload.codec.JPEG_QUALITY`) on a VALIDATION split, never the test
 split: the codec's rate curve of the model's cloud (`ecc_yolo.eval.rate`), then `choose_quality`'s rule (the cheapest
 full-size JPEG within 0.01 mAP50-95 of the cloud on the frame's own pixels).
 

@@ -19,7 +19,7 @@ import numpy as np
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import select_device
 
-from ecc_yolo.codec import JPEG_QUALITY
+from ecc_yolo.payload.codec import JPEG_QUALITY
 from ecc_yolo.deploy import MEANET, DeploySettings, model_settings
 from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
@@ -141,7 +141,7 @@ def codec_rate_summary(model: ECCModel, dataset, imgsz: int, batch: int, device,
                        boot: Bootstrap, out: Path, plots: bool, progress: bool) -> dict[str, Any]:
     """The cloud on decoded JPEG/WebP at every quality and scale (`rate.csv`, `map_vs_kb_codecs.png`), each point
     with its interval and the paired difference of the adapted route (features) against it; the quality the rule
-    `choose_quality` picks, and the one the device sends (`ecc_yolo.codec.JPEG_QUALITY`)."""
+    `choose_quality` picks, and the one the device sends (`ecc_yolo.payload.codec.JPEG_QUALITY`)."""
     points = rate_curve(model, dataset, imgsz, device, batch, progress=progress)
     routes = {ADAPTED: cache.detections[ADAPTED], **{p.key: p.detections for p in points}}
     evaluator = RouteMixEvaluator(dataset, routes)

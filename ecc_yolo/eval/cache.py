@@ -3,7 +3,7 @@
 Per image: the detections of the edge, the adapted route and the full cloud (and the extension exit of a multi-exit
 edge), in original image pixels, the gate's predicted gains (and the exit router's logits), and the exact sizes of
 the two payloads the device could send (the feature payload, encoded with the real codec, and the letterboxed frame's
-JPEG at `ecc_yolo.codec.JPEG_QUALITY`), and the cloud's detections on that JPEG once decoded (route `cloud_jpeg`:
+JPEG at `ecc_yolo.payload.codec.JPEG_QUALITY`), and the cloud's detections on that JPEG once decoded (route `cloud_jpeg`:
 what an offloaded image really gets). Saved to `cache.npz` + `cache.json` in the run folder; sweeping routers and
 thresholds afterwards reads only the cache.
 """
@@ -21,7 +21,7 @@ import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import TQDM
 
-from ecc_yolo.codec import CODERS, JPEG_QUALITY, encode_features, transmit
+from ecc_yolo.payload.codec import CODERS, JPEG_QUALITY, encode_features, transmit
 from ecc_yolo.costs import ecc_costs
 from ecc_yolo.eval.dataset import EvalDataset
 from ecc_yolo.infer import VALIDATION_NMS, detections, input_tensor, route_end2end
@@ -41,7 +41,7 @@ class RouteCache:
         gate: (I, 2) predicted gains (adapted, cloud).
         router: (I, 3) exit logits (main, extension, cloud) of a multi-exit edge, else None.
         feature_bytes: (I,) size of each image's feature payload (the smallest body codec, as the device sends it).
-        coder_bytes: body codec name (`ecc_yolo.codec.CODERS`) -> (I,) payload size with that codec.
+        coder_bytes: body codec name (`ecc_yolo.payload.codec.CODERS`) -> (I,) payload size with that codec.
         jpeg_bytes: (I,) size of each image's letterboxed JPEG.
         costs: `ecc_costs` of the model at the evaluation size.
         meta: model fingerprint, dataset fingerprint, imgsz, NMS settings.

@@ -6,7 +6,7 @@ route is a curve, not a point. Each point of the curve is one transmission setti
 
 1. the frame is letterboxed to the network size (as `ecc_yolo.eval.cache.run_routes` does);
 2. scale < 1: it is shrunk to `round(scale * size)` pixels a side with `cv2.INTER_AREA`;
-3. it is encoded (`ecc_yolo.codec.encode_image`): the payload's size in bytes is what the point bills;
+3. it is encoded (`ecc_yolo.payload.codec.encode_image`): the payload's size in bytes is what the point bills;
 4. it is decoded (JPEG by the server's own `decode_image`), and, scale < 1, enlarged back to the network size with
    `cv2.INTER_LINEAR`;
 5. the full cloud detector answers the decoded frame, with the benchmark's NMS (`EVAL_NMS`), boxes in original
@@ -30,7 +30,7 @@ import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import TQDM
 
-from ecc_yolo.codec import IMAGE_CODECS, image_codec_available, transmit
+from ecc_yolo.payload.codec import IMAGE_CODECS, image_codec_available, transmit
 from ecc_yolo.eval.cache import EVAL_NMS
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import EvalDataset
@@ -44,7 +44,7 @@ CODEC_LABELS = {"jpeg": "JPEG", "webp": "WebP"}  # names in plots
 
 
 def available_codecs() -> tuple[str, ...]:
-    """The image codecs of `ecc_yolo.codec.IMAGE_CODECS` the installed OpenCV can encode and decode."""
+    """The image codecs of `ecc_yolo.payload.codec.IMAGE_CODECS` the installed OpenCV can encode and decode."""
     return tuple(c for c in IMAGE_CODECS if image_codec_available(c))
 
 

@@ -28,7 +28,7 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import intersect_dicts
 
 from ecc_yolo import payload
-from ecc_yolo.codec import FeaturePayload
+from ecc_yolo.payload.codec import FeaturePayload
 from ecc_yolo.nn.adapters import Adapter
 from ecc_yolo.nn.extension import ExtensionBlock
 from ecc_yolo.nn.gate import ExitRouter, OffloadGate

@@ -36,7 +36,7 @@ from ultralytics.engine.results import Results
 from ultralytics.utils import LOGGER, TQDM, ops
 
 from ecc_yolo.args import user_overrides
-from ecc_yolo.codec import JPEG_QUALITY, encode_features, encode_jpeg
+from ecc_yolo.payload.codec import JPEG_QUALITY, encode_features, encode_jpeg
 from ecc_yolo.deploy import DeploySettings, resolve
 from ecc_yolo.edge import EdgeOutputs, EdgeRuntime, TorchEdge, load_edge
 from ecc_yolo.infer import detections, input_shape_for, input_tensor, nms_settings
@@ -64,7 +64,7 @@ class StreamSettings:
     timeout: float = 5.0  # seconds an offloaded frame may take
     max_inflight: int = 4
     budget: Budget | None = None
-    jpeg_quality: int = JPEG_QUALITY  # route=cloud JPEG quality (ecc_yolo.codec.JPEG_QUALITY)
+    jpeg_quality: int = JPEG_QUALITY  # route=cloud JPEG quality (ecc_yolo.payload.codec.JPEG_QUALITY)
     backoff: tuple[float, float] = (0.5, 8.0)  # seconds: base and cap of the jittered back-off between probes
 
     @classmethod

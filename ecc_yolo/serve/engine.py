@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
 
-from ecc_yolo.codec import (
+from ecc_yolo.payload.codec import (
     FORMAT_VERSION,
     MAX_IMAGE_PIXELS,
     FeaturePayload,

@@ -2,7 +2,7 @@
 
 Routes:
     POST /v1/detect/image     body: a JPEG or PNG file; the full cloud detector answers (ECC_I)
-    POST /v1/detect/features  body: a feature payload (`ecc_yolo.codec`, format version 2); the adapter decoders
+    POST /v1/detect/features  body: a feature payload (`ecc_yolo.payload.codec`, format version 2); the adapter decoders
                               and the cloud tail answer (ECC_A/ECC_D)
     GET  /healthz             liveness: {"status": "ok"}
     GET  /readyz              readiness: 200 {"status": "ready"}, or 503 {"status": "not ready", "reason": ...} while

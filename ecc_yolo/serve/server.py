@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from ultralytics.utils import LOGGER
 
-from ecc_yolo.codec import MAX_IMAGE_PIXELS
+from ecc_yolo.payload.codec import MAX_IMAGE_PIXELS
 from ecc_yolo.serve import metrics as metrics_text
 from ecc_yolo.serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine

@@ -214,7 +214,7 @@ def range_decode(sent, pos: int, end: int, bits: int, shape: tuple[int, int, int
 
 def encode_features(payload: FeaturePayload, coder: str = "auto") -> bytes:
     """Serialise a feature payload with body codec `coder` (raw, deflate, range; auto: the smallest of the three).
-    Scales and offsets travel as float16 (`ecc_yolo.nn.adapters.quantize` makes them float16-exact)."""
+    Scales and offsets travel as float16 (`ecc_yolo.payload.quantize.quantize` makes them float16-exact)."""
     if len(payload.fingerprint) != FINGERPRINT_BYTES:
         raise ValueError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
     if not 1 <= len(payload.tensors) <= MAX_TENSORS:

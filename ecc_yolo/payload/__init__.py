@@ -1,6 +1,6 @@
 """Feature payloads of an ECC model: building them on the device and reading them in the cloud, in one place.
 
-The bytes are the codec's (`ecc_yolo.codec`, the wire format); this module knows what an ECC model puts in them:
+The bytes are the codec's (`ecc_yolo.payload.codec`, the wire format); this module knows what an ECC model puts in them:
 - `fingerprint`: the 16-byte identity of a model's weights and cfg that every payload carries;
 - `payload_shapes`: the (C, H, W, bits) of the latents a payload must carry for a network input size;
 - `make_payloads`: quantised latents -> one `FeaturePayload` per frame (the PyTorch model and the ONNX edge runtime
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecc_yolo import codec
-from ecc_yolo.codec import FINGERPRINT_BYTES, FeaturePayload, QuantizedTensor
-from ecc_yolo.nn.adapters import quantize
+from ecc_yolo.payload import codec
+from ecc_yolo.payload.codec import FINGERPRINT_BYTES, FeaturePayload, QuantizedTensor
+from ecc_yolo.payload.quantize import quantize
 
 
 def fingerprint(model: Any) -> bytes:
