@@ -22,7 +22,8 @@ ECC_DEFAULTS_FILE = Path(__file__).resolve().parent / "cfg" / "default.yaml"
 JOINT_OBJECTIVES = ("edge", "adapted", "gate")
 SERVE_BACKENDS = ("fastapi", "ray")
 
-# (kind, allowed) -> the keys of that kind. kind is "stage" (a name in ecc_yolo.stages.STAGES), "choice" (allowed: tuple), "bool", "float>=" (allowed: lower
+# (kind, allowed) -> the keys of that kind. kind is "stage" (a name in ecc_yolo.stages.STAGES, read when checked),
+# "choice" (allowed: tuple), "bool", "float>=" (allowed: lower
 # bound), "float>" (exclusive lower bound), "int>=" (lower bound), "int in" ((low, high), inclusive), "fraction"
 # (0 < x <= 1), "model" (a .pt/.yaml path), "prefs", "text" (a non-empty string), "secret" (None or a non-empty string
 # or number), "url" (None or an http(s):// URL), "budget" (None, a ratio or a bit rate: ecc_yolo.policy.Budget.parse),

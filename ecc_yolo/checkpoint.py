@@ -17,8 +17,8 @@ import torch
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.nn.tasks import load_checkpoint
 
-from ecc_yolo.version import __version__
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.version import __version__
 
 
 def save_ecc(model: ECCModel, path: str | Path, **extra: Any) -> Path:

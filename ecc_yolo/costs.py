@@ -17,9 +17,9 @@ from ultralytics import ASSETS
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils.torch_utils import get_flops
 
-from ecc_yolo.payload.codec import JPEG_QUALITY, encode_features, encode_jpeg
 from ecc_yolo.infer import input_tensor
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.payload.codec import JPEG_QUALITY, encode_features, encode_jpeg
 
 REFERENCE_IMAGE = Path(ASSETS) / "bus.jpg"
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecc_yolo.payload.codec import FeaturePayload
 from ecc_yolo.deploy import GATE_ROUTERS, DeploySettings, model_settings, settings_from_dict
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.payload import latent_bits, make_payloads
+from ecc_yolo.payload.codec import FeaturePayload
 
 METADATA_KEY = "ecc_yolo"  # ONNX metadata entry holding the edge's description (JSON)
 

@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse, Response
 
 from ecc_yolo.args import get_args
 from ecc_yolo.checkpoint import load_ecc
-from ecc_yolo.payload.codec import JPEG_QUALITY, decode_features, decode_image, encode_features, encode_jpeg
 from ecc_yolo.infer import input_tensor
+from ecc_yolo.payload.codec import JPEG_QUALITY, decode_features, decode_image, encode_features, encode_jpeg
 from ecc_yolo.serve.client import EdgeStreamClient, StreamSettings, detect
 from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.link import ModelMismatchError

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import CFG_DIR, REPO
 
-from ecc_yolo.payload.codec import decode_features, encode_features
 from ecc_yolo.edge import OnnxEdge, TorchEdge, export_edge_onnx
 from ecc_yolo.engine.model import ECC
+from ecc_yolo.payload.codec import decode_features, encode_features
 
 
 @pytest.mark.parametrize("cfg", ["ecc-tiny-11.yaml", "ecc-tiny-meanet.yaml", "ecc-tiny-26.yaml"])

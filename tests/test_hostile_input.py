@@ -22,8 +22,8 @@ from hostile_corpus import (
 )
 
 from ecc_yolo.checkpoint import load_ecc
-from ecc_yolo.payload.codec import PayloadError, encode_features, image_size
 from ecc_yolo.infer import input_tensor
+from ecc_yolo.payload.codec import PayloadError, encode_features, image_size
 from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.protocol import FEATURES_PATH, IMAGE_PATH, METRICS_PATH, TIMEOUT_HEADER
 from ecc_yolo.serve.server import BackgroundServer, ServerSettings, build_app

@@ -19,8 +19,8 @@ import torch
 from conftest import ServerProcess
 
 from ecc_yolo.checkpoint import load_ecc
-from ecc_yolo.payload.codec import encode_features
 from ecc_yolo.infer import input_tensor
+from ecc_yolo.payload.codec import encode_features
 from ecc_yolo.serve.batcher import DeadlineExceeded, MicroBatcher
 from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.link import CloudLink, OffloadError

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ecc_yolo.payload.codec import decode_features, encode_features
 from ecc_yolo.edge import TorchEdge
 from ecc_yolo.payload import payload_shapes, peek_input_shape, received_latents
+from ecc_yolo.payload.codec import decode_features, encode_features
 
 
 def test_payloads_round_trip_and_declare_their_input_size(tiny_ecc):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from ecc_yolo.payload.codec import encode_image, image_codec_available
 from ecc_yolo.eval import rate
 from ecc_yolo.eval.cache import run_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
@@ -26,6 +25,7 @@ from ecc_yolo.eval.rate import (
     transmit,
     write_rate_csv,
 )
+from ecc_yolo.payload.codec import encode_image, image_codec_available
 from ecc_yolo.routes import CLOUD
 
 ZOO_MODEL = "ecc-synth-q-n-160"

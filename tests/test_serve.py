@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from ecc_yolo.checkpoint import load_ecc
-from ecc_yolo.payload.codec import FORMAT_VERSION, encode_features, encode_jpeg
 from ecc_yolo.infer import input_tensor
+from ecc_yolo.payload.codec import FORMAT_VERSION, encode_features, encode_jpeg
 from ecc_yolo.serve.batcher import MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.local import LocalServer

@@ -199,9 +199,9 @@ def main() -> None:
     import torch
     from ultralytics.data.augment import LetterBox
 
-    from ecc_yolo.payload.codec import encode_features
     from ecc_yolo.engine.model import ECC
     from ecc_yolo.infer import input_tensor
+    from ecc_yolo.payload.codec import encode_features
     from ecc_yolo.serve.engine import CloudEngine
     from ecc_yolo.serve.local import LocalServer
 

@@ -84,10 +84,10 @@ def main() -> None:
     import torch
     from ultralytics.data.augment import LetterBox
 
-    from ecc_yolo.payload.codec import encode_features, encode_jpeg
     from ecc_yolo.data.synthetic import generate_video
     from ecc_yolo.engine.model import ECC
     from ecc_yolo.infer import input_tensor
+    from ecc_yolo.payload.codec import encode_features, encode_jpeg
     from ecc_yolo.serve.local import LocalServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_server_"))

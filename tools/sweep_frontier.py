@@ -95,8 +95,8 @@ def measure(name: str, weights: Path, zoo: Path, out: Path, preset: dict) -> Non
     """design_point on the test and the validation split -> <out>/points/<name>.json (skipped when present for
     these weights and this payload format)."""
     from ecc_yolo.checkpoint import load_ecc
-    from ecc_yolo.payload.codec import FORMAT_VERSION
     from ecc_yolo.eval.frontier import design_point
+    from ecc_yolo.payload.codec import FORMAT_VERSION
 
     path = out / "points" / f"{name}.json"
     done = json.loads(path.read_text()) if path.is_file() else {}

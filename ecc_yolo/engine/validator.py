@@ -12,7 +12,8 @@ route, the rest by the edge (`ecc_yolo.policy.decide`).
 Extra metrics (results.csv, console): metrics/{edge,adapted,cloud}_mAP50(B), ..._mAP50-95(B),
 metrics/eccd_mAP50-95(B), metrics/offload_recall (share of the images that needed offloading, gain from the adapted
 route above NEEDED_GAIN, whose predicted gain exceeds the fixed gate threshold, `policy.GAIN_THRESHOLD` or
-`gate_threshold=`: the gate's own scale, which recall-rate boosting moves), metrics/offload_ratio (share that rule offloads) and metrics/feat (feature-matching loss). `operating_point` fits the
+`gate_threshold=`: the gate's own scale, which recall-rate boosting moves),
+metrics/offload_ratio (share that rule offloads) and metrics/feat (feature-matching loss). `operating_point` fits the
 model's default operating point on the frames of the last validation (stage=gate/joint save it with the model).
 Fitness, which picks best.pt, is the stage's own metric by this one mAP: its route's (0.1 mAP50 + 0.9 mAP50-95,
 Ultralytics' weighting), or ECC_D's for stage=gate/joint; Ultralytics' own mAP of the primary route only fills its
@@ -168,7 +169,8 @@ class ECCValidator(DetectionValidator):
                          map_of)
 
     def routed_map(self, answered_by: np.ndarray) -> tuple[float, float]:
-        """(mAP50-95, mAP50), in `RouteMixEvaluator.map`'s order, of the system that answers image i by route code `answered_by[i]` (ROUTE_CODES) or,
+        """(mAP50-95, mAP50), in `RouteMixEvaluator.map`'s order, of the system that answers image i by route code
+        `answered_by[i]` (ROUTE_CODES) or,
         for a boolean mask, by the adapted route where True and the edge elsewhere; from the detections of the
         last validation (no model runs)."""
         answered_by = np.asarray(answered_by)

@@ -19,7 +19,6 @@ import numpy as np
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import select_device
 
-from ecc_yolo.payload.codec import JPEG_QUALITY
 from ecc_yolo.deploy import MEANET, DeploySettings, model_settings
 from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
@@ -38,6 +37,7 @@ from ecc_yolo.eval.routers import (
 )
 from ecc_yolo.eval.stats import DEFAULT_RESAMPLES, Bootstrap
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.payload.codec import JPEG_QUALITY
 from ecc_yolo.policy import decide
 from ecc_yolo.routes import ADAPTED, ANSWERED_AS, CLOUD, CLOUD_JPEG, EDGE, EXIT_ROUTES, EXITS, EXTENSION, ROUTE_CODES
 

@@ -21,11 +21,11 @@ import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import TQDM
 
-from ecc_yolo.payload.codec import CODERS, JPEG_QUALITY, encode_features, transmit
 from ecc_yolo.costs import ecc_costs
 from ecc_yolo.eval.dataset import EvalDataset
 from ecc_yolo.infer import VALIDATION_NMS, detections, input_tensor, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.payload.codec import CODERS, JPEG_QUALITY, encode_features, transmit
 from ecc_yolo.routes import ADAPTED, CLOUD, CLOUD_JPEG, EDGE, EXTENSION
 
 EVAL_NMS = VALIDATION_NMS  # what the cache records it was made with

@@ -30,12 +30,12 @@ import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import TQDM
 
-from ecc_yolo.payload.codec import IMAGE_CODECS, image_codec_available, transmit
 from ecc_yolo.eval.cache import EVAL_NMS
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import EvalDataset
 from ecc_yolo.infer import detections, input_tensor, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.payload.codec import IMAGE_CODECS, image_codec_available, transmit
 from ecc_yolo.routes import CLOUD
 
 JPEG_QUALITIES = (10, 20, 30, 50, 70, 90)

@@ -28,11 +28,11 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import intersect_dicts
 
 from ecc_yolo import payload
-from ecc_yolo.payload.codec import FeaturePayload
 from ecc_yolo.nn.adapters import Adapter
 from ecc_yolo.nn.extension import ExtensionBlock
 from ecc_yolo.nn.gate import ExitRouter, OffloadGate
 from ecc_yolo.nn.graph import IMAGE, cut_set, execute, layer_geometry
+from ecc_yolo.payload.codec import FeaturePayload
 from ecc_yolo.policy import GAIN_THRESHOLD
 from ecc_yolo.routes import ADAPTED, ALL_ROUTES, CLOUD, EDGE, EXTENSION, MULTI_EXIT_ROUTES, ROUTES
 from ecc_yolo.spec import ECCConfigError, ECCSpec, PartSpec, check_geometry, load_spec
@@ -161,7 +161,8 @@ class ECCModel(DetectionModel):
         """Unpickle, giving checkpoints saved before a part existed the defaults of a cfg without it."""
         super().__setstate__(state)
         for name, default in (("adapted_cloud", None), ("extension", None), ("router", None),
-                              ("extension_layers", []), ("frozen", ()), ("gate_threshold", GAIN_THRESHOLD), ("deploy", {})):
+                              ("extension_layers", []), ("frozen", ()), ("gate_threshold", GAIN_THRESHOLD),
+                              ("deploy", {})):
             if name not in self.__dict__ and name not in self._modules:
                 setattr(self, name, default)
 

@@ -36,11 +36,11 @@ from ultralytics.engine.results import Results
 from ultralytics.utils import LOGGER, TQDM, ops
 
 from ecc_yolo.args import user_overrides
-from ecc_yolo.payload.codec import JPEG_QUALITY, encode_features, encode_jpeg
 from ecc_yolo.deploy import DeploySettings, resolve
 from ecc_yolo.edge import EdgeOutputs, EdgeRuntime, TorchEdge, load_edge
 from ecc_yolo.infer import detections, input_shape_for, input_tensor, nms_settings
 from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.payload.codec import JPEG_QUALITY, encode_features, encode_jpeg
 from ecc_yolo.policy import Budget, BudgetController
 from ecc_yolo.routes import ADAPTED, AUTO, CLOUD, DEVICE_ROUTES, EDGE, EXTENSION, FALLBACK, STREAM_ROUTES
 from ecc_yolo.serve.link import CloudLink, ModelMismatchError, OffloadError
@@ -56,7 +56,7 @@ class StreamSettings:
     conf: float = 0.25
     iou: float = 0.7
     max_det: int = 300
-    deploy: DeploySettings = field(default_factory=DeploySettings)  # route=auto's router, threshold and margin (ecc_yolo.deploy)
+    deploy: DeploySettings = field(default_factory=DeploySettings)  # route=auto's router, threshold, margin
     classes: list[int] | None = None
     agnostic_nms: bool = False
     cloud: str | None = None  # server URL
@@ -70,7 +70,7 @@ class StreamSettings:
     @classmethod
     def from_args(cls, args: Any, model: Any, overrides: dict[str, Any] | None = None) -> StreamSettings:
         """From validated arguments and the model's (or edge runtime's) deployment settings, where `overrides`
-        (the `key=value` pairs the user gave; default: every non-empty deployment key of `args`) win (imgsz checked
+        (the `key=value` pairs the user gave; default: the deployment keys of `args` that differ from their defaults) win (imgsz checked
         against the model's stride; token falls back to the ECC_YOLO_TOKEN environment variable)."""
         deploy = resolve(model, user_overrides(args) if overrides is None else overrides)
         return cls(route=args.route, imgsz=input_shape_for(deploy.imgsz, int(model.stride)),
@@ -288,7 +288,7 @@ class EdgeStreamClient:
                     det[:, :4] = ops.scale_boxes(frame.letterboxed_shape, det[:, :4], frame.image.shape[:2])
                 server_ms = answer.get("server_ms")
             else:
-                route, frame.fallback_cause = "fallback", error.kind
+                route, frame.fallback_cause = FALLBACK, error.kind
                 self.errors[error.kind] += 1
                 if frame.generation == self.link.reconnects:
                     self.link.failed(error)

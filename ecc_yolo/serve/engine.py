@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
 
+from ecc_yolo.infer import detections, input_shape_for, input_tensor, nms_settings, route_end2end
+from ecc_yolo.nn.ecc_model import ECCModel
+from ecc_yolo.payload import peek_input_shape
 from ecc_yolo.payload.codec import (
     FORMAT_VERSION,
     MAX_IMAGE_PIXELS,
@@ -28,9 +31,6 @@ from ecc_yolo.payload.codec import (
     decode_features,
     decode_image,
 )
-from ecc_yolo.infer import detections, input_shape_for, input_tensor, nms_settings, route_end2end
-from ecc_yolo.nn.ecc_model import ECCModel
-from ecc_yolo.payload import peek_input_shape
 from ecc_yolo.serve.protocol import (
     API_VERSION,
     FEATURES,
