@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--design", action="append", choices=sorted(DESIGNS), help="designs to run (default: all)")
     p.add_argument("--epochs", type=int, default=SWEEP_EPOCHS)
     p.add_argument("--report", default=None, help="write the frontier (JSON) here, its table beside it (.md)")
-    p.add_argument("--rate", default="docs/benchmarks/zoo2-test-rate.csv", help="the image codec's rate curve (test)")
+    p.add_argument("--rate", action="append", default=None,
+                   help="the image codec's rate curve on the test split (CSV; repeatable; default: the zoo's)")
+    p.add_argument("--small-images", default=None, metavar="CSV",
+                   help="measure the cloud on JPEG/WebP at scale 0.5 of the frame (test split) into this CSV first, "
+                        "so that the smallest design points have image points to compare with")
     p.add_argument("--plot", default="docs/images/frontier.png")
     opt = p.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     base = yaml.safe_load((Path(__file__).resolve().parents[1] / "ecc_yolo" / "cfg" / preset["cfg"]).read_text())
     edge = zoo / "runs" / "edge" / "weights" / "best.pt"
     stages = Stages(out, chain=False)
-    for name in opt.design or ([] if opt.report else list(DESIGNS)):
+    for name in opt.design or ([] if (opt.report or opt.small_images) else list(DESIGNS)):
         entry, bottlenecks, bits, extra = DESIGNS[name]
         cfg_path = out / "cfgs" / f"{name}.yaml"
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +91,12 @@ def main(argv: list[str] | None = None) -> None:
                           f"seed={TRAIN_SEED}", f"epochs={opt.epochs}", *stage_args(preset, "adapt"), *extra],
                    run_dir / "weights" / "best.pt", run_dir=run_dir)
         measure(name, run_dir / "weights" / "best.pt", zoo, out, preset)
+    rates = [Path(r) for r in (opt.rate or ["docs/benchmarks/zoo2-test-rate.csv"])]
+    if opt.small_images:
+        small_image_rate(zoo, preset, Path(opt.small_images))
+        rates.append(Path(opt.small_images))
     if opt.report:
-        write_report(out, Path(opt.report), Path(opt.rate), Path(opt.plot))
+        write_report(out, Path(opt.report), rates, Path(opt.plot))
 
 
 def measure(name: str, weights: Path, zoo: Path, out: Path, preset: dict) -> None:
@@ -114,7 +122,21 @@ def measure(name: str, weights: Path, zoo: Path, out: Path, preset: dict) -> Non
           f"{point['test']['feature_bytes']['mean']:.0f} B, {point['test']['gflops']['end_to_end_share_of_cloud']}")
 
 
-def write_report(out: Path, record: Path, rate_csv: Path, plot: Path) -> None:
+def small_image_rate(zoo: Path, preset: dict, path: Path) -> None:
+    """The zoo's cloud on JPEG and WebP at half the frame's side, every quality of the rate curve (test split)."""
+    from ecc_yolo.checkpoint import load_ecc
+    from ecc_yolo.eval.dataset import load_dataset
+    from ecc_yolo.eval.rate import rate_curve, write_rate_csv
+
+    if path.is_file():
+        return
+    model, _ = load_ecc(zoo / f"{preset['name']}.pt", device="cpu")
+    dataset = load_dataset(zoo / "test" / "data.yaml", model.names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_rate_csv(rate_curve(model, dataset, preset["imgsz"], scales=(0.5,)), path)
+
+
+def write_report(out: Path, record: Path, rate_csvs: list[Path], plot: Path) -> None:
     """frontier.json (every measured point, the rows with the goal checks), frontier.md and the plot."""
     import csv
 
@@ -126,7 +148,7 @@ def write_report(out: Path, record: Path, rate_csv: Path, plot: Path) -> None:
         if record_file.is_file():  # the training step's record: epochs and wall time
             step = json.loads(record_file.read_text())
             point["epochs"], point["train_seconds"] = step.get("metrics", {}).get("epochs"), step.get("seconds")
-    rate_rows = list(csv.DictReader(rate_csv.open()))
+    rate_rows = [row for path in rate_csvs for row in csv.DictReader(path.open())]
     rows = frontier_rows(points, rate_rows)
     cloud = points[0]["test"]["map"]["cloud"]["value"] if points else None
     plot_frontier(rows, rate_rows, plot, cloud)
