@@ -145,7 +145,7 @@ def format_costs(name: str, costs: dict[str, Any]) -> str:
         f"{costs['adapted_gflops_ratio']:.1%} of the full cloud"
     )
     lines.append(
-        f"payload per frame: features {costs['payload_bytes_features']:,} B vs JPEG(q90) "
+        f"payload of the reference frame: features {costs['payload_bytes_features']:,} B vs JPEG(q{costs['jpeg_quality']}) "
         f"{costs['payload_bytes_jpeg']:,} B ({costs['payload_bytes_ratio']:.1%})"
     )
     return "\n".join(lines)
