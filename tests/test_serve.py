@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
+import zlib
 import re
 import threading
 import time
@@ -150,6 +152,13 @@ def _bad_requests(model) -> list[tuple[str, str, bytes, dict, int, str]]:
     wrong_fingerprint = encode_features(dataclasses.replace(payload, fingerprint=bytes(16)))
     wrong_shape = encode_features(dataclasses.replace(payload, tensors=payload.tensors[:-1]))
     too_big_input = encode_features(dataclasses.replace(payload, input_shape=(IMGSZ * 2, IMGSZ * 2)))
+    ranged = bytearray(encode_features(payload, "range")[:-4])  # a range-coded body, its words then cut short
+    words_at = 44 + sum(12 + 4 * t.shape[0] for t in payload.tensors) + 3 * payload.tensors[0].shape[0]
+    struct.pack_into("<I", ranged, words_at, 1 << 28)  # the first tensor claims 2**28 words (1 GiB)
+    range_truncated = bytes(ranged) + struct.pack("<I", zlib.crc32(bytes(ranged)))
+    v1 = bytearray(good[:-4])
+    struct.pack_into("<H", v1, 4, 1)  # format version 1 (float32 scales), with a valid checksum
+    version_1 = bytes(v1) + struct.pack("<I", zlib.crc32(bytes(v1)))
     rng = np.random.default_rng(0)
     return [
         ("no token", FEATURES_PATH, good, {}, 401, "unauthorized"),
@@ -158,6 +167,8 @@ def _bad_requests(model) -> list[tuple[str, str, bytes, dict, int, str]]:
         ("oversized body", FEATURES_PATH, good + bytes(MAX_BODY), AUTH, 413, "too_large"),
         ("oversized image", IMAGE_PATH, b"\xff\xd8\xff" + bytes(MAX_BODY), AUTH, 413, "too_large"),
         ("truncated payload", FEATURES_PATH, good[: len(good) // 2], AUTH, 400, "bad_payload"),
+        ("range body claiming 1 GiB of words", FEATURES_PATH, range_truncated, AUTH, 400, "bad_payload"),
+        ("payload format version 1", FEATURES_PATH, version_1, AUTH, 400, "bad_payload"),
         ("header only", FEATURES_PATH, good[:30], AUTH, 400, "bad_payload"),
         ("empty body", FEATURES_PATH, b"", AUTH, 400, "bad_payload"),
         ("wrong fingerprint", FEATURES_PATH, wrong_fingerprint, AUTH, 409, "fingerprint_mismatch"),
