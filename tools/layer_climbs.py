@@ -46,7 +46,7 @@ def main() -> None:
     upward: dict[tuple[str, str], int] = {}
     pairs: set[tuple[str, str]] = set()
 
-    def profile(frame, event, arg):  # noqa: ARG001 - the profiler's signature
+    def profile(frame, event, arg):
         if event != "call" or frame.f_back is None:
             return
         callee, caller = module_of(frame.f_code.co_filename), module_of(frame.f_back.f_code.co_filename)
