@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import CFG_DIR, SHIPPED_CFGS
+from conftest import CFG_DIR, REPO, SHIPPED_CFGS
 from ultralytics.nn.tasks import DetectionModel
 
 from ecc_yolo.checkpoint import load_ecc, save_ecc
@@ -188,3 +188,34 @@ def test_tail_copy_starts_equal_and_is_its_own_part(images):
     assert not any(isinstance(m, torch.nn.Conv2d) for m in copied.adapted_cloud.model[:11].modules())
     with pytest.raises(ECCConfigError, match="tail: must be one of shared, copy"):
         ECCModel({**shared.spec.to_dict(), "tail": "mirror"}, verbose=False)
+
+
+@pytest.mark.parametrize("design", ["entry5", "entry7", "half-bits2"])
+def test_a_frontier_design_starts_from_a_trained_models_edge_cloud_and_tail(design, tmp_path):
+    """tools/sweep_frontier.py builds another cut of the same edge and cloud (its DESIGNS) and loads a trained model
+    into it: edge and cloud carry over, and tail-copy layers the source never had (an earlier entry) start as the
+    loaded cloud's, not at their initial weights."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from sweep_frontier import DESIGNS, design_cfg
+
+    base = yaml.safe_load((CFG_DIR / "ecc-tiny-11.yaml").read_text())
+    base["tail"] = "copy"
+    source = ECCModel(base, verbose=False)
+    with torch.no_grad():
+        for p in source.cloud.parameters():
+            p.add_(0.1)  # "trained": away from any fresh model's initial weights
+        source.sync_tail_copy()
+    entry, bottlenecks, bits, _ = DESIGNS[design]
+    target = ECCModel(design_cfg(base, entry, bottlenecks, bits, design), verbose=False)
+    target.load(source, verbose=False)
+    assert target.spec.entry == entry and [target.adapters[str(k)].bits for k in bottlenecks] == [bits] * len(bottlenecks)
+    cloud = target.cloud.state_dict()
+    assert all(torch.equal(cloud[k], v) for k, v in source.cloud.state_dict().items())
+    copy = target.adapted_cloud.state_dict()
+    early = [k for k in copy if int(k.split(".")[1]) < source.spec.entry]  # layers the source's copy did not have
+    assert early or entry >= source.spec.entry
+    assert copy and all(torch.equal(v, cloud[k]) for k, v in copy.items())
