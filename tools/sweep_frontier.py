@@ -155,12 +155,13 @@ def write_report(out: Path, record: Path, rate_csvs: list[Path], plot: Path) -> 
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"rows": rows, "points": points}, indent=1))
     head = ("| design | entry | cut | bottleneck | bits | mAP50-95 [95% CI] | bytes/frame (raw / deflate / range; sent) "
-            "| end-to-end GFLOPs / cloud | best JPEG at <= these bytes | goal |")
+            "| end-to-end GFLOPs / cloud | JPEG at these bytes (best at <= them) | goal |")
     lines = [head, "|---" * 10 + "|"]
     for r in rows:
         c, ci = r["bytes_by_coder"], r["map"]["ci"] or [float("nan")] * 2
-        jpeg = r["best_jpeg_at_these_bytes"]
-        jpeg_text = "none" if jpeg is None else f"q{jpeg['quality']} x{float(jpeg['scale']):g}: {float(jpeg['map']):.3f}"
+        jpeg = r["jpeg_compared"]
+        jpeg_text = (f"q{jpeg['quality']} x{float(jpeg['scale']):g}, {float(jpeg['mean_bytes']):.0f} B: "
+                     f"{float(jpeg['map']):.3f}" + (" (smallest measured)" if jpeg["bound"] else ""))
         lines.append(f"| {r['name']} | {r['entry']} | {r['cut']} | {r['bottleneck']} | {r['bits'][0]} | "
                      f"{r['map']['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {c.get('raw', 0):.0f} / "
                      f"{c.get('deflate', 0):.0f} / {c.get('range', 0):.0f}; {r['bytes']:.0f} | "

@@ -93,8 +93,9 @@ def image_envelope(rate_rows: list[dict[str, Any]], n_bytes: float, codecs: tupl
 
 def frontier_rows(points: list[dict[str, Any]], rate_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per design point (test split): its figures, the image points it is compared with at its own bytes,
-    and issue 25's goal: bytes <= half the q50 JPEG's, end-to-end GFLOPs <= 60% of the cloud's, and mAP >= the best
-    JPEG point that sends at most as many bytes (none measured that small: not met)."""
+    and issue 25's goal: bytes <= half the q50 JPEG's, end-to-end GFLOPs <= 60% of the cloud's, and mAP >= the JPEG
+    at equal bytes: the best JPEG point that sends at most as many bytes, or, when every measured JPEG sends more,
+    the smallest one (an upper bound of a JPEG at these bytes: the best mAP at <= bytes never rises as bytes fall)."""
     q50 = next(float(r["mean_bytes"]) for r in rate_rows
                if r["codec"] == "jpeg" and int(r["quality"]) == 50 and float(r["scale"]) == 1.0)
     rows = []
@@ -102,15 +103,17 @@ def frontier_rows(points: list[dict[str, Any]], rate_rows: list[dict[str, Any]])
         t = p["test"]
         n_bytes, ap = t["feature_bytes"]["mean"], t["map"]["adapted"]["value"]
         jpeg, any_image = image_envelope(rate_rows, n_bytes), image_envelope(rate_rows, n_bytes, ("jpeg", "webp"))
+        smallest = min((r for r in rate_rows if r["codec"] == "jpeg"), key=lambda r: float(r["mean_bytes"]))
+        compared = jpeg if jpeg is not None else smallest
         rows.append({
             "name": p["name"], **t["design"], "epochs": p.get("epochs"),
             "map": t["map"]["adapted"], "map_val": p["val"]["map"]["adapted"]["value"],
             "bytes": n_bytes, "bytes_by_coder": t["feature_bytes"]["by_coder"], "gflops": t["gflops"],
             "best_jpeg_at_these_bytes": jpeg, "best_image_at_these_bytes": any_image,
+            "jpeg_compared": {**compared, "bound": jpeg is None},  # bound: the smallest JPEG, which sends more
             "goal": {"bytes_at_most_half_q50_jpeg": n_bytes <= 0.5 * q50,
                      "gflops_at_most_60pct_cloud": t["gflops"]["end_to_end_share_of_cloud"] <= 0.6,
-                     # no JPEG point this small measured: not judged as met (the comparison is missing)
-                     "map_at_least_jpeg_at_equal_bytes": jpeg is not None and ap >= float(jpeg["map"])},
+                     "map_at_least_jpeg_at_equal_bytes": ap >= float(compared["map"])},
         })
         rows[-1]["goal"]["met"] = all(rows[-1]["goal"].values())
     return rows
@@ -124,6 +127,7 @@ def plot_frontier(rows: list[dict[str, Any]], rate_rows: list[dict[str, Any]], o
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), dpi=120)
     for codec, scale in sorted({(r["codec"], float(r["scale"])) for r in rate_rows}):
@@ -142,6 +146,8 @@ def plot_frontier(rows: list[dict[str, Any]], rate_rows: list[dict[str, Any]], o
         bx.axvline(0.6, color="red", linestyle=":", label="60% of the cloud's GFLOPs")
         bx.legend(fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels at 100, 1000, ... only
+    ax.set_xticks([300, 500, 1000, 2000, 3000, 5000], ["300", "500", "1,000", "2,000", "3,000", "5,000"])
     ax.set_xlabel("bytes per offloaded frame (mean, log scale)")
     bx.set_xlabel("GFLOPs per frame end to end (edge + encoders + decoders + tail) / full cloud")
     for axis in (ax, bx):
