@@ -71,11 +71,6 @@ class DeploySettings:
             return decide(gains, margin=self.margin, **rule)
         return decide(gains, offload_to=CLOUD if self.router == ECC_I else ADAPTED, **rule)
 
-    @property
-    def offload_route(self) -> str | None:
-        """Where a single-exit router sends offloaded frames (None: ECC_D+ chooses per frame)."""
-        return {ECC_D: ADAPTED, ECC_I: CLOUD, MEANET: ADAPTED}.get(self.router)
-
     def as_dict(self) -> dict[str, Any]:
         """Plain values (what the model and an edge export store)."""
         return asdict(self)

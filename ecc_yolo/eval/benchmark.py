@@ -19,7 +19,7 @@ import numpy as np
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import select_device
 
-from ecc_yolo.deploy import MEANET, DeploySettings, model_settings
+from ecc_yolo.deploy import ECC_D, ECC_D_PLUS, ECC_I, MEANET, DeploySettings, model_settings
 from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import load_dataset
@@ -52,7 +52,7 @@ GOAL_BYTES = 0.10  # 4. ECC_D's bytes per offloaded frame at its operating point
 CONFUSION_RATIO = 0.3  # the three-exit router's exits against generated difficulty are also shown at this offload
 GOAL_THREE_EXIT = 0.80  # 5. the three-exit router >= ECC_D's mAP at equal total GFLOPs on this share of its sweep
 GOAL_ANSWER_SHARE = 0.10  # 7. ECC_D+: each of edge, features and JPEG answers at least this share somewhere on the sweep
-ROUTER_KEYS = {"ECC_D": "ecc_d", "ECC_D+": "ecc_d_plus", "ECC_I": "ecc_i", "MEANet": "meanet"}
+ROUTER_KEYS = {ECC_D: "ecc_d", ECC_D_PLUS: "ecc_d_plus", ECC_I: "ecc_i", MEANET: "meanet"}
 ORACLES_TEXT = ("greedy oracle (oracle_*): frames ranked by isolated per-frame gains, a heuristic; refined oracle "
                 "(refined_oracle_*): the greedy set improved by whole-set local search at each ratio; best oracle "
                 "(best_oracle_*): per ratio the better of the two, the reference of normalised scores. None is a "
@@ -117,7 +117,7 @@ def evaluate(
     start = time.time()
     boot = Bootstrap(len(dataset), bootstrap, bootstrap_seed)
     summary = summarise(curves, cache, evaluator, dataset, target, sweep, boot)
-    if "MEANet" in curves:
+    if MEANET in curves:
         summary["meanet"] = multi_exit_summary(curves, sweep, dataset, boot)
     summary["default_operating_point"] = default_operating_point(deploy, cache, evaluator)
     summary["ecc_d_plus_vs_best_single"] = three_way_summary(curves, sweep, boot)
@@ -206,7 +206,7 @@ def summarise(curves: dict, cache, evaluator: RouteMixEvaluator, dataset, target
         points = curves[router]
         for figure, estimate in scores[router].items():
             summary[f"{key}_{figure}"] = estimate.as_dict()
-        if router == "MEANet":
+        if router == MEANET:
             continue
         reached = first_reaching(points, target * cloud)
         operating = reached or max(points, key=lambda p: p.map)
@@ -220,7 +220,7 @@ def summarise(curves: dict, cache, evaluator: RouteMixEvaluator, dataset, target
         r.map >= g.map for t in TARGETS for g, r in zip(curves[oracle_keys(t)[0]], curves[oracle_keys(t)[1]]))
     summary["best_oracle_never_below_routers"] = all(
         curves[oracle_keys(kind)[2]][i].map >= curves[router][i].map - 1e-9
-        for router, kind in (("ECC_D", "D"), ("ECC_I", "I"), ("ECC_D+", "D+"), ("random_D", "D"), ("random_I", "I"))
+        for router, kind in ((ECC_D, "D"), (ECC_I, "I"), (ECC_D_PLUS, "D+"), ("random_D", "D"), ("random_I", "I"))
         for i in range(len(curves[router])))
     summary["per_difficulty"] = per_difficulty(evaluator, dataset)
     return summary
@@ -313,14 +313,14 @@ def goals(summary: dict[str, Any], target: float) -> dict[str, dict[str, Any]]:
 def three_way_summary(curves: dict, sweep: RouterSweep, boot: Bootstrap) -> dict[str, Any]:
     """ECC_D+ against the better of ECC_D and ECC_I at each offload ratio (paired: the same resamples; the max is
     taken per resample), and how much of the sweep each answer (edge, features, JPEG) serves."""
-    d, i, dp = (sweep.curve_samples(r, boot) for r in ("ECC_D", "ECC_I", "ECC_D+"))
+    d, i, dp = (sweep.curve_samples(r, boot) for r in (ECC_D, ECC_I, ECC_D_PLUS))
     diff = dp - np.maximum(d, i)  # (1 + B, ratios)
-    ratios = [p.ratio for p in curves["ECC_D+"]]
+    ratios = [p.ratio for p in curves[ECC_D_PLUS]]
     per_ratio = [{"ratio": r, **boot.estimate(diff[0, k], diff[1:, k] if boot.resamples else None).as_dict()}
                  for k, r in enumerate(ratios)]
     below = [p["ratio"] for p in per_ratio if (p["ci"][1] if p["ci"] else p["value"]) < 0]
-    shares = {EDGE: [1 - p.adapted_share - p.cloud_share for p in curves["ECC_D+"]],
-              "features": [p.adapted_share for p in curves["ECC_D+"]], "jpeg": [p.cloud_share for p in curves["ECC_D+"]]}
+    shares = {EDGE: [1 - p.adapted_share - p.cloud_share for p in curves[ECC_D_PLUS]],
+              "features": [p.adapted_share for p in curves[ECC_D_PLUS]], "jpeg": [p.cloud_share for p in curves[ECC_D_PLUS]]}
     most = {k: float(max(v)) for k, v in shares.items()}
     return {"difference_by_ratio": per_ratio, "ratios_significantly_below": below,
             "at_least_best_single_within_ci": not below, "largest_share_in_sweep": most,
@@ -359,8 +359,8 @@ def multi_exit_summary(curves: dict, sweep: RouterSweep, dataset, boot: Bootstra
 
     routes = decide(exit_logits=sweep.cache.router).routes  # the router's own decision: its most likely exit
     exit_of = exit_masks(routes)
-    own = sweep.point("MEANet", routes, float(exit_of[CLOUD].mean()))
-    meanet, ecc_d = curves["MEANet"], curves["ECC_D"]
+    own = sweep.point(MEANET, routes, float(exit_of[CLOUD].mean()))
+    meanet, ecc_d = curves[MEANET], curves[ECC_D]
     inner = list(range(1, len(meanet) - 1))  # both curves share their endpoints
     # equal compute: ECC_D's mAP interpolated at each three-exit point's total GFLOPs per frame (the extension exit's
     # device compute is no longer free); ECC_D's curve is clipped at its ends (ratio 0 and 1)
@@ -369,7 +369,7 @@ def multi_exit_summary(curves: dict, sweep: RouterSweep, dataset, boot: Bootstra
     weights = equal_compute_weights(x, xp)
     eccd_at = np.array([p.map for p in ecc_d]) @ weights
     meanet_maps = np.array([meanet[i].map for i in inner])
-    eccd_samples, meanet_samples = sweep.curve_samples("ECC_D", boot), sweep.curve_samples("MEANet", boot)[:, inner]
+    eccd_samples, meanet_samples = sweep.curve_samples(ECC_D, boot), sweep.curve_samples(MEANET, boot)[:, inner]
     difference = (meanet_samples - eccd_samples @ weights).mean(axis=1)
     equal_ratio = (meanet_samples - eccd_samples[:, inner]).mean(axis=1)
     out = {

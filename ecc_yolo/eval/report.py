@@ -9,16 +9,17 @@ from typing import Any
 
 import numpy as np
 
+from ecc_yolo.deploy import ECC_D, ECC_D_PLUS, ECC_I, MEANET
 from ecc_yolo.eval.routers import CurvePoint
 from ecc_yolo.routes import ADAPTED, CLOUD, DEVICE_ROUTES
 
 _TARGETS = {"D": ("tab:blue", "adapted"), "D+": ("tab:purple", "three-way"), "I": ("tab:orange", "full cloud")}
 _REFERENCES = {"oracle": (":", "greedy oracle"), "best_oracle": ("-.", "best oracle"), "random": ("--", "random")}
 STYLE = {  # router -> (colour, line style, label): a colour per target, a line style per kind of router
-    "ECC_D": ("tab:blue", "-", "ECC_D (gate, adapted features)"),
-    "ECC_D+": ("tab:purple", "-", "ECC_D+ (gate, features or JPEG)"),
-    "ECC_I": ("tab:orange", "-", "ECC_I (gate, JPEG to full cloud)"),
-    "MEANet": ("tab:green", "-", "MEANet three exits (router)"),
+    ECC_D: ("tab:blue", "-", "ECC_D (gate, adapted features)"),
+    ECC_D_PLUS: ("tab:purple", "-", "ECC_D+ (gate, features or JPEG)"),
+    ECC_I: ("tab:orange", "-", "ECC_I (gate, JPEG to full cloud)"),
+    MEANET: ("tab:green", "-", "MEANet three exits (router)"),
     **{f"{kind}_{t}": (colour, line, f"{label} ({what})") for kind, (line, label) in _REFERENCES.items()
        for t, (colour, what) in _TARGETS.items() if not (kind == "random" and t == "D+")},
 }
@@ -84,7 +85,7 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += ["", "| router | offload at 99% of cloud | bytes / frame | bytes / offloaded frame "
               "| / those frames' JPEG | device GFLOPs | cloud GFLOPs | total GFLOPs |",
               "|---|---|---|---|---|---|---|---|"]
-    for name, key in (("ECC_D", "ecc_d"), ("ECC_D+", "ecc_d_plus"), ("ECC_I", "ecc_i")):
+    for name, key in ((ECC_D, "ecc_d"), (ECC_D_PLUS, "ecc_d_plus"), (ECC_I, "ecc_i")):
         op = summary[f"{key}_operating_point"]
         per_offloaded = summary[f"{key}_bytes_per_offloaded_frame"]
         lines.append(

@@ -29,9 +29,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ecc_yolo.deploy import ECC_D, ECC_D_PLUS, ECC_I, MEANET
 from ecc_yolo.eval.cache import RouteCache
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
-from ecc_yolo.eval.stats import Bootstrap, Estimate, auc as auc_of, gain_share, normalised_score
+from ecc_yolo.eval.stats import Bootstrap, Estimate, gain_share, normalised_score
+from ecc_yolo.eval.stats import auc as auc_of
 from ecc_yolo.policy import THREE_WAY_MARGIN, decide
 from ecc_yolo.routes import ADAPTED, CLOUD, EDGE, EXTENSION, ROUTE_CODES
 
@@ -41,7 +43,7 @@ REFINE_ROUNDS = 2  # local-search rounds of the refined oracle at each ratio
 REFINE_WINDOW = 40  # frames on each side of the cut it tries to swap per round
 SCORE_RANDOM_SEEDS = 2  # random orders averaged in the random baseline of the scores (each costs a bootstrap curve)
 TARGETS = {"D": (ADAPTED,), "I": (CLOUD,), "D+": (ADAPTED, CLOUD)}  # oracle target -> routes an offload may use
-ROUTER_TYPE = {"ECC_D": "D", "ECC_I": "I", "ECC_D+": "D+", "MEANet": "D"}  # the oracle and random it is scored by
+ROUTER_TYPE = {ECC_D: "D", ECC_I: "I", ECC_D_PLUS: "D+", MEANET: "D"}  # the oracle and random it is scored by
 
 
 @dataclass
@@ -108,15 +110,15 @@ class RouterSweep:
 
     def _assignment(self, router: str, ratio: float, seed: int = 0) -> np.ndarray:
         """Route code (ROUTE_CODES) of every frame for a router at an offload ratio (`ecc_yolo.policy.decide`)."""
-        if router == "MEANet":
+        if router == MEANET:
             return decide(exit_logits=self.cache.router, ratio=ratio).routes
         if router.startswith("random"):  # a random order: the same random "gain" for either route
             gains = np.repeat(np.random.default_rng(seed).random(self.n)[:, None], 2, axis=1)
         else:
             gains = self.cache.gate if router.startswith("ECC") else self.true_gain
-        if router in ("ECC_D+", "oracle_D+"):
-            return decide(gains, ratio=ratio, margin=self.margin if router == "ECC_D+" else 0.0).routes
-        target = CLOUD if router in ("ECC_I", "oracle_I", "random_I") else ADAPTED
+        if router in (ECC_D_PLUS, "oracle_D+"):
+            return decide(gains, ratio=ratio, margin=self.margin if router == ECC_D_PLUS else 0.0).routes
+        target = CLOUD if router in (ECC_I, "oracle_I", "random_I") else ADAPTED
         return decide(gains, ratio=ratio, offload_to=target).routes
 
     def point(self, router: str, assignment: np.ndarray, ratio: float) -> CurvePoint:
@@ -132,7 +134,7 @@ class RouterSweep:
         offloaded = adapted | cloud
         sent = float(self.cache.feature_bytes[adapted].sum() + self.cache.jpeg_bytes[cloud].sum())
         device = c["edge_gflops"] + c["gate_gflops"] + adapted.mean() * c["adapter_encoder_gflops"]
-        if router == "MEANet":  # its router runs on every frame, its extension on the frames it stops there
+        if router == MEANET:  # its router runs on every frame, its extension on the frames it stops there
             device += c["router_gflops"] + extension.mean() * c["extension_gflops"]
         cloud_gflops = adapted.mean() * c["adapted_cloud_gflops"] + cloud.mean() * c["cloud_gflops"]
         return CurvePoint(
@@ -249,8 +251,8 @@ class RouterSweep:
     def all_curves(self, ratios: np.ndarray = RATIOS) -> dict[str, list[CurvePoint]]:
         """Every router's curve (greedy, refined and best oracles included), plus the single-route points edge,
         ECC_A and cloud."""
-        names = ["ECC_D", "ECC_D+", "ECC_I", "random_D", "random_I"]
-        curves = {name: self.curve(name, ratios) for name in names + (["MEANet"] if self.multi_exit else [])}
+        names = [ECC_D, ECC_D_PLUS, ECC_I, "random_D", "random_I"]
+        curves = {name: self.curve(name, ratios) for name in names + ([MEANET] if self.multi_exit else [])}
         for target in TARGETS:
             curves.update(self.oracle_curves(target, ratios))
         for name, code, ratio in ((EDGE, EDGE, 0.0), ("ECC_A", ADAPTED, 1.0), (CLOUD, CLOUD, 1.0)):
@@ -307,7 +309,7 @@ def score_routers(curves: dict[str, list[CurvePoint]], sweep: RouterSweep,
     are recomputed on each resample with the router's own, so the intervals are paired. With `boot.resamples == 0`
     the figures have no interval.
     """
-    ratios = np.asarray([p.ratio for p in curves["ECC_D"]])
+    ratios = np.asarray([p.ratio for p in curves[ECC_D]])
     edge = sweep.samples(sweep.assignments[EDGE][0], boot)
     cloud = sweep.samples(sweep.assignments[CLOUD][0], boot)
     seeds = min(sweep.seeds, SCORE_RANDOM_SEEDS)
