@@ -39,7 +39,7 @@ def test_info_json_for_the_shipped_n_to_l_cfg():
 def test_info_text_from_another_directory_finds_shipped_cfgs(tmp_path):
     r = run("info", "model=ecc-tiny-26", "imgsz=256", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "payload per frame" in r.stdout and "cloud tail from layer 11" in r.stdout
+    assert "payload of the reference frame" in r.stdout and "cloud tail from layer 11" in r.stdout
 
 
 @pytest.mark.parametrize(

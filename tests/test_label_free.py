@@ -88,7 +88,7 @@ def test_label_free_adaptation_trains_on_images_without_any_label_file(tmp_path)
 def test_label_free_is_refused_outside_stage_adapt(tmp_path):
     from ecc_yolo.engine.trainer import ECCTrainer
 
-    with pytest.raises(ValueError, match="label_free=True is a stage=adapt option"):
+    with pytest.raises(ValueError, match="label_free=True is an option of stage=adapt"):
         ECCTrainer(overrides={"model": TINY, "data": "unused.yaml", "stage": "gate", "label_free": True,
                               "project": str(tmp_path)})
 
