@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import struct
-import zlib
 import re
+import struct
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
