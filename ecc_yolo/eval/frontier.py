@@ -21,6 +21,7 @@ from ultralytics.utils.torch_utils import select_device
 from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import load_dataset
+from ecc_yolo.eval.routers import RouterSweep
 from ecc_yolo.eval.stats import DEFAULT_RESAMPLES, Bootstrap
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.routes import ADAPTED, CLOUD, CLOUD_JPEG, EDGE
@@ -52,9 +53,8 @@ def design_point(model: ECCModel, data: str | Path, out: str | Path, imgsz: int,
         cache.save(out)
     evaluator = RouteMixEvaluator(dataset, {r: cache.detections[r] for r in POINT_ROUTES})
     boot = Bootstrap(len(dataset), bootstrap, seed)
-    counts = np.vstack([np.ones(len(dataset), dtype=np.int64), boot.counts])
-    samples = {r: evaluator.resampled_maps(np.full(len(dataset), evaluator.routes.index(r)), counts)[:, 0]
-               for r in POINT_ROUTES}
+    sweep = RouterSweep(cache, evaluator)
+    samples = {r: sweep.route_samples(r, boot) for r in POINT_ROUTES}  # row 0: every image; the rest: resamples
 
     def estimate(values: np.ndarray) -> dict[str, Any]:  # row 0: every image; the rest: resamples
         return boot.estimate(values[0], values[1:]).as_dict()
