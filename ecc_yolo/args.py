@@ -49,7 +49,7 @@ _KEYS_BY_KIND: dict[tuple[str, Any], tuple[str, ...]] = {
     ("text", None): ("host",),
     ("secret", None): ("token",),
     ("url", None): ("cloud",),
-    ("budget", None): ("budget",),
+    ("budget", None): ("budget", "stream_budget"),
 }
 ECC_ARG_TYPES: dict[str, tuple[str, Any]] = {key: kind for kind, keys in _KEYS_BY_KIND.items() for key in keys}
 

@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 from ultralytics import ASSETS
-from ultralytics.data.augment import LetterBox
 from ultralytics.utils.torch_utils import get_flops
 
-from ecc_yolo.infer import input_tensor
+from ecc_yolo.infer import input_tensor, letterbox
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.payload.codec import JPEG_QUALITY, encode_features, encode_jpeg
 
@@ -61,7 +60,7 @@ def letterboxed_reference(imgsz: int) -> np.ndarray:
     image = cv2.imread(str(REFERENCE_IMAGE))
     if image is None:
         raise FileNotFoundError(f"reference image {REFERENCE_IMAGE} missing from the ultralytics package")
-    return LetterBox(new_shape=(imgsz, imgsz), auto=False)(image=image)
+    return letterbox(image, imgsz)
 
 
 def ecc_costs(model: ECCModel, imgsz: int = 640) -> dict[str, Any]:

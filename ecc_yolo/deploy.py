@@ -60,10 +60,10 @@ class DeploySettings:
         """The offload threshold of the active router (None: MEANet's most likely exit decides)."""
         return self.thresholds.get(self.router)
 
-    def decide(self, gains: np.ndarray | None, exit_logits: np.ndarray | None, controller: Any = None):
+    def decide(self, gains: np.ndarray | None, exit_logits: np.ndarray | None, thresholds: np.ndarray | None = None):
         """`policy.decide` with these settings for a batch: the gate's (N, 2) gains or the exit router's (N, 3)
-        logits; `controller` (a budget) replaces the threshold."""
-        rule = {"controller": controller} if controller is not None else \
+        logits; `thresholds` (N,) (a budget's, per frame: `policy.StreamBudgets`) replace the model's threshold."""
+        rule = {"threshold": thresholds} if thresholds is not None else \
             {"threshold": self.threshold} if self.threshold is not None else {}  # MEANet without one: argmax
         if self.router == MEANET:
             return decide(exit_logits=exit_logits, **rule)

@@ -3,6 +3,7 @@
 Whoever runs an ECC model on frames (the predictor, the training-time validator, the benchmark's cache, the cloud
 server and the edge client) prepares inputs and reads outputs with these, so that a route answers a frame the same
 way everywhere:
+- `letterbox`: a frame -> the network input's frame, the one letterbox of the device, the server and the costs;
 - `input_tensor`: letterboxed BGR frames -> the (B, 3, H, W) RGB float input Ultralytics' predictor feeds;
 - `route_end2end`: whether each route's head is end-to-end (NMS-free), which NMS must be told;
 - `VALIDATION_NMS` / `nms_settings`: the NMS of validation and benchmarks, and that of predict-style arguments;
@@ -15,11 +16,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from ultralytics.data.augment import LetterBox
 from ultralytics.utils import nms, ops
 
 from ecc_yolo.routes import ADAPTED, CLOUD, EDGE, EXTENSION
 
 VALIDATION_NMS = {"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}  # Ultralytics' validation settings
+
+
+def letterbox(image: np.ndarray, shape: int | tuple[int, int], stride: int = 32) -> np.ndarray:
+    """A BGR uint8 frame resized and centred on a gray canvas of `shape` ((h, w) pixels, or a side): Ultralytics'
+    LetterBox, always to the full shape (not predict's minimal rectangle), so that the frames of any stream and any
+    client batch together on the device and on the server."""
+    shape = (shape, shape) if isinstance(shape, int) else tuple(shape)
+    return LetterBox(shape, auto=False, stride=stride)(image=image)
 
 
 def input_tensor(images: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -138,6 +139,44 @@ class BudgetController:
     def kbps(self) -> float:
         """Bit rate spent so far, at the controller's frame rate."""
         return self.bytes_sent * 8 / 1000 / (self.decisions / self.fps) if self.decisions else 0.0
+
+
+class StreamBudgets:
+    """The offload budgets of an edge client reading one or several streams: one over all of them (`budget=`) and one
+    per stream (`stream_budget=`), each a `BudgetController`; a frame is offloaded when its score clears every
+    threshold that applies to it, and what it sent is recorded by each.
+
+    With one stream and `budget=` only, this is exactly that stream's controller.
+    """
+
+    def __init__(self, total: Budget | None, per_stream: Budget | None, start: float, fps: dict[int, float]
+                 ) -> None:
+        """`start`: the threshold the controllers start from; `fps`: frames per second of each stream (the total
+        budget's frame rate is their sum)."""
+        self.total = BudgetController(total, threshold=start, fps=sum(fps.values())) if total is not None else None
+        self.per_stream = {s: BudgetController(per_stream, threshold=start, fps=f) for s, f in fps.items()} \
+            if per_stream is not None else {}
+
+    def thresholds(self, streams: list[int]) -> np.ndarray:
+        """(N,) the threshold each frame's score must clear, for frames of `streams`."""
+        return np.array([max([c.threshold for c in self._controllers(s)], default=-np.inf) for s in streams])
+
+    def record(self, stream: int, offloaded: bool, payload_bytes: int = 0) -> None:
+        """Account one frame of `stream` with every budget that applies to it."""
+        for c in self._controllers(stream):
+            c.record(offloaded, payload_bytes)
+
+    def _controllers(self, stream: int) -> list[BudgetController]:
+        return [c for c in (self.total, self.per_stream.get(stream)) if c is not None]
+
+    def describe(self) -> dict[str, Any]:
+        """Where the thresholds stand (for the summary)."""
+        out: dict[str, Any] = {}
+        if self.total is not None:
+            out["budget_threshold"] = round(self.total.threshold, 5)
+        if self.per_stream:
+            out["stream_budget_thresholds"] = {s: round(c.threshold, 5) for s, c in self.per_stream.items()}
+        return out
 
 
 def three_way_priority(gains: np.ndarray) -> np.ndarray:

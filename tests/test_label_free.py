@@ -1,4 +1,4 @@
-"""Label-free adaptation: the synthetic generator's target domains and `stage=adapt label_free=True`."""
+"""Label-free adaptation: the synthetic generator's target domains and `stage=adapt_label_free` (a registry stage)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_label_free_adaptation_trains_on_images_without_any_label_file(tmp_path)
     plain = _train(tmp_path, data)  # Ultralytics refuses a training split without labels ...
     assert plain.returncode != 0 and "No labels found" in plain.stdout + plain.stderr
     shutil.rmtree(tmp_path / "run", ignore_errors=True)
-    r = _train(tmp_path, data, "label_free=True", "det=1.0")  # ... label-free adaptation needs none
+    r = _train(tmp_path, data, "stage=adapt_label_free", "det=1.0")  # ... label-free adaptation needs none
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "det=1.0 set to 0" in r.stdout + r.stderr
     assert not (tmp_path / "dusk" / "labels" / "train").exists()  # nothing was read there, nor cached
@@ -83,6 +83,20 @@ def test_label_free_adaptation_trains_on_images_without_any_label_file(tmp_path)
     for part in ("edge", "cloud"):
         assert same_state(part_state(before, part), part_state(after, part)), f"frozen {part} changed"
     assert same_state(part_state(last, "adapters"), part_state(after, "adapters"))  # best.pt is the last epoch
+
+
+def test_label_free_adaptation_is_one_registry_stage_and_label_free_true_selects_it():
+    """The label-free stage is a registry entry like any other (what it trains, that it reads no labels, that its
+    last epoch is best.pt); `label_free=True` is only a shorthand that names it."""
+    from ecc_yolo.stages import LAST_EPOCH, STAGES, get_stage, stage_for
+
+    free, adapt = get_stage("adapt_label_free"), get_stage("adapt")
+    assert not free.reads_labels and adapt.reads_labels
+    assert free.trainable == adapt.trainable and free.objective == adapt.objective == "adapt"
+    assert free.metric == LAST_EPOCH and adapt.metric != LAST_EPOCH
+    assert stage_for("adapt", label_free=True) is free and stage_for("adapt") is adapt
+    assert stage_for("adapt_label_free", label_free=True) is free
+    assert [s.name for s in STAGES.values() if not s.reads_labels] == ["adapt_label_free"]
 
 
 def test_label_free_is_refused_outside_stage_adapt(tmp_path):

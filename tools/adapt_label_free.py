@@ -11,7 +11,7 @@ Steps (each an `ecc-yolo` command, resumable like the zoo pipeline):
        on it: the epochs and learning rate are fixed before);
     3. the source validation split (the zoo's own, labelled): the training run's per-epoch report;
     4. `ecc-yolo val` of the model as shipped on the target held-out split (source-trained adapters);
-    5. `ecc-yolo train stage=adapt label_free=True`: feature matching and cloud-output distillation only;
+    5. `ecc-yolo train stage=adapt_label_free`: feature matching and cloud-output distillation only;
     6. `ecc-yolo val` of the adapted model on the target held-out split, and on the source held-out split.
 Writes <out>/label_free.json and <out>/label_free.md: every route's held-out mAP50-95 before and after, and goal 6
 judged on the paired bootstrap interval of the adapted route's change on the target split; with
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     before = val("before-target", model, heldout)
     run_dir = out / "runs" / "label-free"
-    stages.run("label-free", ["train", f"model={model}", "stage=adapt", "label_free=True", f"data={data}",
+    stages.run("label-free", ["train", f"model={model}", "stage=adapt_label_free", f"data={data}",
                               f"epochs={opt.epochs}", *common, f"project={out / 'runs'}", "name=label-free",
                               "exist_ok=True", "plots=False", f"seed={TRAIN_SEED}", *opt.hyp],
                run_dir / "weights" / "best.pt", run_dir=run_dir)

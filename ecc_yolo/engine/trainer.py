@@ -11,9 +11,9 @@ What a stage changes:
       (written to weights/teacher.pt so that resume can rebuild it, as Ultralytics expects);
     - stage=adapt: the adapters' whitening statistics are calibrated on `calib` training batches first (images
       only), unless the model already has them;
-    - stage=adapt label_free=True: the training split is read as images only (`ImageOnlyDataset`: no label file is
-      opened), the detection term is off, and best.pt is the last epoch (without target labels there is nothing to
-      select an epoch by; the val split, if labelled, is still reported).
+    - a stage that reads no labels (stage=adapt_label_free, or its shorthand stage=adapt label_free=True): the
+      training split is read as images only (`ImageOnlyDataset`: no label file is opened), the detection term is
+      off, and best.pt is the last epoch (the stage's metric `LAST_EPOCH`).
 Checkpoints (weights/last.pt, best.pt) hold the whole ECCModel; resume=True continues exactly (see save_model).
 """
 
@@ -37,7 +37,7 @@ from ecc_yolo.engine.validator import ECCValidator
 from ecc_yolo.losses import ECCLoss
 from ecc_yolo.nn.adapters import calibrate_whitening, whitening_calibrated
 from ecc_yolo.nn.ecc_model import PARTS, ECCModel, find_ecc
-from ecc_yolo.stages import STAGES, get_stage
+from ecc_yolo.stages import LAST_EPOCH, STAGES, get_stage, stage_for
 
 RESUME_STATE = "last_state.pt"  # exact-resume state kept beside last.pt while a run is unfinished
 
@@ -83,11 +83,8 @@ class ECCTrainer(DetectionTrainer):
         check_ecc_values(overrides)
         if cfg is DEFAULT_CFG:
             cfg = all_defaults()
-        stage = get_stage(overrides.get("stage", all_defaults()["stage"]))
-        if overrides.get("label_free") and not stage.label_free:
-            allowed = ", ".join(s.name for s in STAGES.values() if s.label_free)
-            raise ValueError(f"label_free=True is an option of stage={allowed} (feature matching and distillation "
-                             f"from the cloud need no labels), not stage={stage.name}")
+        stage = stage_for(overrides.get("stage", all_defaults()["stage"]), bool(overrides.get("label_free")))
+        overrides["stage"] = stage.name  # label_free=True names its stage (a resumed run reads it back as is)
         overrides.setdefault("project", default_project())
         overrides.setdefault("name", overrides.get("stage", cfg.get("stage")))
         super().__init__(cfg, overrides, _callbacks)
@@ -98,9 +95,11 @@ class ECCTrainer(DetectionTrainer):
         elif self.args.distill and not self.stage_spec.distills:
             LOGGER.warning(f"distill=True applies to stage={', '.join(s.name for s in STAGES.values() if s.distills)} "
                            f"only; ignored for stage={self.stage}")
-        if self.args.label_free:
+        self.label_free = not self.stage_spec.reads_labels
+        if self.label_free:
             if self.args.det:
-                LOGGER.info(f"label_free=True: the detection term needs labels, det={self.args.det} set to 0")
+                LOGGER.info(f"stage={self.stage} reads no labels: the detection term is off (det={self.args.det} "
+                            f"set to 0)")
             self.args.det = 0.0
 
     # -- model ---------------------------------------------------------------------------------------------------
@@ -139,22 +138,22 @@ class ECCTrainer(DetectionTrainer):
         ecc.criterion = ECCLoss(ecc)
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
-        """Ultralytics' dataset; with label_free=True the training split (for training and for calibration) is
-        read as images only."""
-        if not (self.args.label_free and img_path == self.data["train"]):
+        """Ultralytics' dataset; a stage that reads no labels reads the training split (for training and for
+        calibration) as images only."""
+        if not (self.label_free and img_path == self.data["train"]):
             return super().build_dataset(img_path, mode, batch)
         stride = max(int(unwrap_model(self.model).stride.max()), 32)
         return build_image_only_dataset(self.args, img_path, batch, self.data, stride, augment=mode == "train")
 
     def plot_training_labels(self):
         """Ultralytics' label plots; a label-free run has no labels to plot."""
-        if not self.args.label_free:
+        if not self.label_free:
             super().plot_training_labels()
 
     def validate(self):
-        """Ultralytics' validation; label-free, the fitness is the epoch, so best.pt is the last epoch."""
+        """Ultralytics' validation; a stage whose metric is LAST_EPOCH has the epoch as fitness (best.pt: the last)."""
         metrics, fitness = super().validate()
-        if self.args.label_free and metrics is not None:
+        if self.stage_spec.metric == LAST_EPOCH and metrics is not None:
             self.best_fitness = fitness = float(self.epoch + 1)
         return metrics, fitness
 

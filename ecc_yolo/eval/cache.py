@@ -18,12 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from ultralytics.data.augment import LetterBox
 from ultralytics.utils import TQDM
 
 from ecc_yolo.costs import ecc_costs
 from ecc_yolo.eval.dataset import EvalDataset
-from ecc_yolo.infer import VALIDATION_NMS, detections, input_tensor, route_end2end
+from ecc_yolo.infer import VALIDATION_NMS, detections, input_tensor, letterbox, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.payload.codec import CODERS, JPEG_QUALITY, encode_features, transmit
 from ecc_yolo.routes import ADAPTED, CLOUD, CLOUD_JPEG, EDGE, EXTENSION
@@ -115,7 +114,6 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
     """Run every route over the dataset once (see the module docstring)."""
     model = model.to(device).eval()
     fingerprint = model.fingerprint()
-    letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
     end2end = route_end2end(model)
     keep = model.device_layers
     found: dict[str, list[np.ndarray]] = {r: [] for r in (*model.routes, CLOUD_JPEG)}
@@ -126,7 +124,7 @@ def run_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, de
     for start in bar:
         files = dataset.files[start : start + batch]
         originals = [cv2.imread(str(f)) for f in files]
-        frames = [letterbox(image=im) for im in originals]
+        frames = [letterbox(im, imgsz) for im in originals]
         x = input_tensor(frames, device)
         edge_out, feats = model.edge_forward(x, keep=keep)
         sent = [transmit(frame, "jpeg", JPEG_QUALITY, 1.0) for frame in frames]  # (decoded frame, bytes)

@@ -27,13 +27,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from ultralytics.data.augment import LetterBox
 from ultralytics.utils import TQDM
 
 from ecc_yolo.eval.cache import EVAL_NMS
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import EvalDataset
-from ecc_yolo.infer import detections, input_tensor, route_end2end
+from ecc_yolo.infer import detections, input_tensor, letterbox, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.payload.codec import IMAGE_CODECS, image_codec_available, transmit
 from ecc_yolo.routes import CLOUD
@@ -123,14 +122,13 @@ def rate_curve(model: ECCModel, dataset: EvalDataset, imgsz: int, device: torch.
     settings = [(c, int(q), float(s)) for c in codecs for s in scales for q in qualities]
     model = model.to(device).eval()
     end2end = route_end2end(model)[CLOUD]
-    letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
     found: dict[tuple, list[np.ndarray]] = {s: [] for s in settings}
     sizes: dict[tuple, list[int]] = {s: [] for s in settings}
     starts = range(0, len(dataset), batch)
     bar = TQDM(starts, total=len(starts), desc="cloud on decoded images") if progress else starts
     for start in bar:
         originals = [cv2.imread(str(f)) for f in dataset.files[start : start + batch]]
-        frames = [letterbox(image=im) for im in originals]
+        frames = [letterbox(im, imgsz) for im in originals]
         shapes = [im.shape[:2] for im in originals]
         for setting in settings:
             received = [transmit(frame, *setting) for frame in frames]

@@ -21,30 +21,30 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, wait
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from ultralytics.cfg import get_save_dir
-from ultralytics.data.augment import LetterBox
-from ultralytics.data.build import load_inference_source
 from ultralytics.engine.results import Results
 from ultralytics.utils import LOGGER, TQDM, ops
 
 from ecc_yolo.args import user_overrides
 from ecc_yolo.deploy import DeploySettings, resolve
-from ecc_yolo.edge import EdgeOutputs, EdgeRuntime, TorchEdge, load_edge
-from ecc_yolo.infer import detections, input_shape_for, input_tensor, nms_settings
+from ecc_yolo.edge import EdgeRuntime, TorchEdge, load_edge
+from ecc_yolo.infer import input_shape_for
 from ecc_yolo.nn.ecc_model import ECCModel
-from ecc_yolo.payload.codec import JPEG_QUALITY, encode_features, encode_jpeg
-from ecc_yolo.policy import Budget, BudgetController
-from ecc_yolo.routes import ADAPTED, AUTO, CLOUD, DEVICE_ROUTES, EDGE, EXTENSION, FALLBACK, STREAM_ROUTES
+from ecc_yolo.payload.codec import JPEG_QUALITY
+from ecc_yolo.policy import Budget, StreamBudgets
+from ecc_yolo.routes import ADAPTED, AUTO, CLOUD, DEVICE_ROUTES, EXTENSION, FALLBACK
+from ecc_yolo.serve.frames import Frame, FrameInput, FramePipeline
 from ecc_yolo.serve.link import CloudLink, ModelMismatchError, OffloadError
+from ecc_yolo.serve.outputs import StreamOutputs, StreamRecorder, format_summary
 from ecc_yolo.serve.protocol import SERVED_BY_ROUTE, detections_array, resolve_token
+from ecc_yolo.serve.sources import StreamSources
 
 
 @dataclass(frozen=True)
@@ -63,43 +63,24 @@ class StreamSettings:
     token: str | None = None
     timeout: float = 5.0  # seconds an offloaded frame may take
     max_inflight: int = 4
-    budget: Budget | None = None
+    budget: Budget | None = None  # over all streams
+    stream_budget: Budget | None = None  # per stream of a multi-stream run
     jpeg_quality: int = JPEG_QUALITY  # route=cloud JPEG quality (ecc_yolo.payload.codec.JPEG_QUALITY)
     backoff: tuple[float, float] = (0.5, 8.0)  # seconds: base and cap of the jittered back-off between probes
 
     @classmethod
     def from_args(cls, args: Any, model: Any, overrides: dict[str, Any] | None = None) -> StreamSettings:
         """From validated arguments and the model's (or edge runtime's) deployment settings, where `overrides`
-        (the `key=value` pairs the user gave; default: the deployment keys of `args` that differ from their defaults) win (imgsz checked
-        against the model's stride; token falls back to the ECC_YOLO_TOKEN environment variable)."""
+        (the `key=value` pairs the user gave; default: the deployment keys of `args` that differ from their
+        defaults) win (imgsz checked against the model's stride; token falls back to the ECC_YOLO_TOKEN environment
+        variable)."""
         deploy = resolve(model, user_overrides(args) if overrides is None else overrides)
         return cls(route=args.route, imgsz=input_shape_for(deploy.imgsz, int(model.stride)),
                    conf=deploy.conf, iou=deploy.iou, max_det=deploy.max_det, deploy=deploy,
                    classes=args.classes, agnostic_nms=bool(args.agnostic_nms),
                    cloud=args.cloud or None, token=resolve_token(args.token), timeout=float(args.timeout),
-                   max_inflight=int(args.max_inflight), budget=Budget.parse(args.budget))
-
-
-@dataclass
-class _Frame:
-    """A frame between its edge pass and its emission."""
-
-    index: int
-    path: str
-    image: np.ndarray  # original BGR frame
-    letterboxed_shape: tuple[int, int]
-    edge_det: np.ndarray  # (N, 6) in original pixels
-    route: str  # edge | fallback, or the offload route the request went to
-    t0: float  # perf_counter when the frame was read
-    wall_time: float
-    time_s: float | None
-    gain: float | None = None
-    future: Future | None = None
-    generation: int = 0  # link reconnect count when sent: a stale failure must not take a fresh link down
-    bytes_sent: int = 0
-    deadline: float = 0.0
-    done_at: list = field(default_factory=list)  # perf_counter of the answer, stamped by a future callback
-    fallback_cause: str | None = None  # cloud_unavailable, or the OffloadError kind (timeout, http_503, ...)
+                   max_inflight=int(args.max_inflight), budget=Budget.parse(args.budget),
+                   stream_budget=Budget.parse(args.stream_budget))
 
 
 class EdgeStreamClient:
@@ -121,22 +102,19 @@ class EdgeStreamClient:
         self.device, self.settings = torch.device(device), settings
         self.names = self.edge.names
         self.multi_exit = self.edge.multi_exit
-        if settings.route == "extension" and not self.multi_exit:
+        if settings.route == EXTENSION and not self.multi_exit:
             raise ValueError("route=extension needs a model with an extension block (cfg `extension:`)")
-        # Square letterbox (predict's, without its minimal-rectangle option): payloads of one size batch on the server.
-        self._letterbox = LetterBox(settings.imgsz, auto=False, stride=self.edge.stride)
-        self._nms = nms_settings(settings.conf, settings.iou, settings.max_det, settings.classes,
-                                 settings.agnostic_nms)
+        self.pipeline = FramePipeline(self.edge, settings, self.device)
         self.link = link
         if self.link is None and settings.route not in DEVICE_ROUTES:
             self.link = CloudLink(settings.cloud, self.fingerprint, self.names, token=settings.token,
                                   timeout=settings.timeout, max_inflight=settings.max_inflight,
                                   backoff=settings.backoff)
-        self.controller: BudgetController | None = None
-        self.stats: Counter = Counter()
-        self.errors: Counter = Counter()
-        self._t_start = self._t_end = None
-        self.dataset, self.fps = None, 30.0  # of the current stream
+        self.budgets: StreamBudgets | None = None
+        self.sources: StreamSources | None = None
+        self.recorder = StreamRecorder(self.names, settings.route)
+        self.errors = self.recorder.errors  # fallback causes, counted
+        self.fps = 30.0  # of the current (first) stream
 
     def connect(self) -> bool:
         """Check the server holds this model; False if it is unreachable for now (the stream starts on the edge).
@@ -158,102 +136,58 @@ class EdgeStreamClient:
     def stream(self, source: Any, vid_stride: int = 1, buffer: bool = False, progress: bool = False
                ) -> Iterator[Results]:
         """Results for every frame of `source` (anything Ultralytics' loaders read: file, folder, video, stream URL,
-        webcam index, or a loader instance), in order."""
-        dataset = load_inference_source(source, batch=1, vid_stride=vid_stride, buffer=buffer)
-        self.dataset = dataset
-        self.fps = fps = self._fps(dataset)
-        if self.settings.budget is not None and self.settings.route == "auto":
-            # the score the budget thresholds: the gate's predicted gain, or a multi-exit router's P(complex)
+        webcam index, a loader instance, or a `.streams` file listing several: `sources.StreamSources`), each
+        stream's in order."""
+        self.sources = sources = StreamSources(source, vid_stride=vid_stride, buffer=buffer)
+        self.fps = sources.fps.get(0, 30.0)
+        if (self.settings.budget is not None or self.settings.stream_budget is not None) and \
+                self.settings.route == AUTO:
+            # the score the budgets threshold: the gate's predicted gain, or a multi-exit router's P(complex)
             threshold = self.settings.deploy.threshold
             start = threshold if threshold is not None else 0.5  # P(complex) = 0.5: MEANet's argmax
-            self.controller = BudgetController(self.settings.budget, threshold=start, fps=fps)
-        total = getattr(dataset, "frames", None) if getattr(dataset, "mode", "") == "video" else None
-        bar = TQDM(total=total, desc="detect", unit="frame", disable=not progress)
-        pending: deque[_Frame] = deque()
-        self._t_start = time.perf_counter()
-        index = 0
+            self.budgets = StreamBudgets(self.settings.budget, self.settings.stream_budget if sources.multi else None,
+                                         start, sources.fps)
+        bar = TQDM(total=sources.total_frames(), desc="detect", unit="frame", disable=not progress)
+        pending: deque[Frame] = deque()
+        self.recorder.t_start = time.perf_counter()
         try:
-            for paths, images, _ in dataset:
-                for path, image in zip(paths, images):
-                    pending.append(self._process(index, path, image, dataset, fps))
-                    index += 1
-                    for result in self._emit(pending, final=False):
-                        bar.update(1)
-                        yield result
+            for batch in sources:
+                pending.extend(self.process(batch))
+                for result in self._emit(pending, final=False):
+                    bar.update(1)
+                    yield result
             for result in self._emit(pending, final=True):
                 bar.update(1)
                 yield result
         finally:
-            self._t_end = time.perf_counter()
+            self.recorder.t_end = time.perf_counter()
+            self.recorder.dead_sources = {sources.sources[i]: why for i, why in sources.dead.items()}
             bar.close()
-            if hasattr(dataset, "close"):
-                dataset.close()
 
-    @staticmethod
-    def _fps(dataset: Any) -> float:
-        fps = getattr(dataset, "fps", None)
-        fps = fps[0] if isinstance(fps, (list, tuple)) and fps else fps
-        return float(fps) if fps and fps > 0 else 30.0
+    def process(self, inputs: list[FrameInput]) -> list[Frame]:
+        """Edge pass and decision of a batch of frames (`FramePipeline`), and the offload requests sent."""
+        available = self.link is not None and self.settings.route not in DEVICE_ROUTES and self.link.available()
+        streams = [f.stream or 0 for f in inputs]
+        thresholds = self.budgets.thresholds(streams) if self.budgets is not None else None
+        frames = self.pipeline.run(inputs, available, thresholds)
+        for frame, stream in zip(frames, streams):
+            if frame.body is not None:
+                frame.bytes_sent = len(frame.body)
+                frame.generation = self.link.reconnects
+                frame.deadline = time.perf_counter() + self.settings.timeout
+                frame.future = self.link.send(SERVED_BY_ROUTE[frame.route].path, frame.body, frame.deadline)
+                frame.future.add_done_callback(lambda _, stamp=frame.done_at: stamp.append(time.perf_counter()))
+                frame.body = None  # sent: not held while the answer is awaited
+            elif frame.fallback_cause is not None:
+                self.errors[frame.fallback_cause] += 1
+            if self.budgets is not None:
+                if frame.route == EXTENSION:
+                    self.budgets.record(stream, False, 0)
+                elif available:  # while the cloud is down the budget neither fills nor drains
+                    self.budgets.record(stream, frame.future is not None, frame.bytes_sent)
+        return frames
 
-    @torch.inference_mode()
-    def _process(self, index: int, path: str, image: np.ndarray, dataset: Any, fps: float) -> _Frame:
-        """Edge pass, decision and (maybe) the offload request of one frame."""
-        t0, wall = time.perf_counter(), time.time()
-        video = getattr(dataset, "mode", "") == "video"
-        time_s = (dataset.frame - 1) * getattr(dataset, "vid_stride", 1) / fps if video else None
-        letterboxed = self._letterbox(image=image)
-        x = input_tensor([letterboxed], self.device)
-        route = self.settings.route
-        outputs = self.edge.run(x, need_latents=route in (AUTO, ADAPTED))
-        det = self._detections(outputs.edge, self.edge.edge_end2end, x, image)
-        frame = _Frame(index, str(path), image, letterboxed.shape[:2], det, EDGE, t0, wall, time_s)
-
-        if route == EDGE:
-            return frame
-        if route == EXTENSION:
-            return self._answer_on_extension(frame, outputs, x, image)
-        available = self.link.available()
-        if route == AUTO:
-            # the model's router (a multi-exit edge's: main, extension or cloud; the gate's: edge, adapted or
-            # cloud); float64, as the gain was compared with the threshold before
-            decision = self.settings.deploy.decide(np.asarray(outputs.gate, dtype=np.float64), outputs.router,
-                                                   controller=self.controller)
-            frame.gain = float(decision.scores[0])
-            if decision.answered_by(EXTENSION)[0]:
-                if self.controller is not None:
-                    self.controller.record(False, 0)
-                return self._answer_on_extension(frame, outputs, x, image)
-            wanted, target = bool(decision.offloaded[0]), CLOUD if decision.answered_by(CLOUD)[0] else ADAPTED
-        else:
-            wanted, target = True, route
-        if wanted and not available:
-            frame.route, frame.fallback_cause = FALLBACK, "cloud_unavailable"
-            self.errors["cloud_unavailable"] += 1
-        elif wanted:
-            if target == ADAPTED:
-                body = encode_features(self.edge.payloads(outputs, image.shape[:2], tuple(x.shape[2:]))[0])
-            else:
-                body = encode_jpeg(letterboxed, self.settings.jpeg_quality)
-            frame.route, frame.bytes_sent = target, len(body)
-            frame.generation = self.link.reconnects
-            frame.deadline = time.perf_counter() + self.settings.timeout
-            frame.future = self.link.send(SERVED_BY_ROUTE[target].path, body, frame.deadline)
-            frame.future.add_done_callback(lambda _, stamp=frame.done_at: stamp.append(time.perf_counter()))
-        if self.controller is not None and available:  # while the cloud is down the budget neither fills nor drains
-            self.controller.record(frame.future is not None, frame.bytes_sent)
-        return frame
-
-    def _detections(self, decoded: torch.Tensor, end2end: bool, x: torch.Tensor, image: np.ndarray) -> np.ndarray:
-        """NMS of one frame's decoded predictions, boxes scaled to the original frame's pixels."""
-        return detections(decoded, end2end, self._nms, tuple(x.shape[2:]), [image.shape[:2]])[0].cpu().numpy()
-
-    def _answer_on_extension(self, frame: _Frame, outputs: EdgeOutputs, x: torch.Tensor, image: np.ndarray) -> _Frame:
-        """Answer a frame with a multi-exit edge's extension exit, on the device (nothing is sent)."""
-        decoded = self.edge.extension(outputs, torch.tensor([0]))
-        frame.edge_det, frame.route = self._detections(decoded, False, x, image), "extension"
-        return frame
-
-    def _emit(self, pending: deque[_Frame], final: bool) -> Iterator[Results]:
+    def _emit(self, pending: deque[Frame], final: bool) -> Iterator[Results]:
         """Emit finished frames from the head of `pending`, waiting for the head when too many offloads are
         outstanding (or at the end of the stream) and giving up on it at its deadline."""
         while pending:
@@ -265,77 +199,28 @@ class EdgeStreamClient:
                 wait([head.future], timeout=max(head.deadline - time.perf_counter(), 0.0))
             yield self._finish(pending.popleft())
 
-    def _finish(self, frame: _Frame) -> Results:
+    def _finish(self, frame: Frame) -> Results:
+        """The frame's final answer: the server's (checked to be this frame's) or, failing that, its edge answer."""
         det, route, server_ms = frame.edge_det, frame.route, None
         if frame.future is not None:
-            error = None
-            if not frame.future.done():
-                error = OffloadError("timeout", f"no answer within {self.settings.timeout:g} s")
-            elif frame.future.cancelled():  # the link was closed under the stream
-                error = OffloadError("cancelled", "the connection was closed")
-            elif frame.future.exception() is not None:
-                error = frame.future.exception()
-                error = error if isinstance(error, OffloadError) else OffloadError("client", repr(error))
-            if error is None:
-                answer = frame.future.result()  # a well-formed answer (the link checked it) ...
-                sent_shape = frame.letterboxed_shape if route == CLOUD else frame.image.shape[:2]
-                if answer["route"] != route or tuple(answer["image_shape"]) != tuple(sent_shape):
-                    error = OffloadError("bad_answer", f"answer for route {answer['route']} and image shape "
-                                                       f"{answer['image_shape']}, not for this frame")  # ... to another
-            if error is None:
-                det = detections_array(answer["detections"])
-                if route == CLOUD:  # the server answered in pixels of the letterboxed JPEG it was sent
-                    det[:, :4] = ops.scale_boxes(frame.letterboxed_shape, det[:, :4], frame.image.shape[:2])
-                server_ms = answer.get("server_ms")
-            else:
+            try:
+                answer = self.link.answer_for(frame.future, route, frame.sent_shape, self.settings.timeout)
+            except OffloadError as error:
                 route, frame.fallback_cause = FALLBACK, error.kind
                 self.errors[error.kind] += 1
                 if frame.generation == self.link.reconnects:
                     self.link.failed(error)
-        done = frame.done_at[0] if frame.done_at and route != "fallback" else time.perf_counter()
-        latency_ms = (done - frame.t0) * 1000
-        self.stats["frames"] += 1
-        self.stats[route] += 1
-        self.stats["bytes"] += frame.bytes_sent
-        self.stats["sent"] += frame.future is not None
-        result = Results(frame.image, path=frame.path, names=self.names, boxes=torch.from_numpy(det))
-        result.route = route
-        result.record = {
-            "frame": frame.index,
-            "time_s": None if frame.time_s is None else round(frame.time_s, 4),
-            "wall_time": round(frame.wall_time, 4),
-            "route": route,
-            "boxes": [{"xyxy": [round(float(v), 2) for v in row[:4]], "conf": round(float(row[4]), 5),
-                       "cls": int(row[5]), "name": self.names.get(int(row[5]), str(int(row[5])))} for row in det],
-            "bytes_sent": frame.bytes_sent,
-            "latency_ms": round(latency_ms, 3),
-            "fallback_cause": frame.fallback_cause,  # why an offloaded frame was answered by the edge (else None)
-            **({"gain": round(frame.gain, 5)} if frame.gain is not None else {}),
-            **({"server_ms": server_ms} if server_ms is not None else {}),
-        }
-        return result
+            else:
+                det = detections_array(answer["detections"])
+                if route == CLOUD:  # the server answered in pixels of the letterboxed JPEG it was sent
+                    det[:, :4] = ops.scale_boxes(frame.sent_shape, det[:, :4], frame.image.shape[:2])
+                server_ms = answer.get("server_ms")
+        return self.recorder.result(frame, det, route, server_ms)
 
     def summary(self) -> dict[str, Any]:
         """Frames, frames/s, routes taken, offload ratio, bytes, fallbacks and errors of the stream so far."""
-        n = self.stats["frames"]
-        seconds = ((self._t_end or time.perf_counter()) - self._t_start) if self._t_start else 0.0
-        out = {
-            "frames": n,
-            "seconds": round(seconds, 3),
-            "fps": round(n / seconds, 2) if seconds > 0 else 0.0,
-            "route": self.settings.route,
-            "routes": {r: self.stats[r] for r in STREAM_ROUTES},
-            "offload_ratio": round(self.stats["sent"] / n, 4) if n else 0.0,
-            "cloud_answered_ratio": round((self.stats["adapted"] + self.stats["cloud"]) / n, 4) if n else 0.0,
-            "bytes_sent": self.stats["bytes"],
-            "mean_bytes_per_frame": round(self.stats["bytes"] / n, 1) if n else 0.0,
-            "fallbacks": self.stats["fallback"],
-            "errors": dict(self.errors),
-            "reconnects": self.link.reconnects if self.link is not None else 0,
-        }
-        if self.controller is not None:
-            out["budget_threshold"] = round(self.controller.threshold, 5)
-        return out
+        return self.recorder.summary(self.link.reconnects if self.link is not None else 0,
+                                     self.budgets.describe() if self.budgets is not None else {})
 
     def close(self) -> None:
         """Release the connection and its threads."""
@@ -343,17 +228,10 @@ class EdgeStreamClient:
             self.link.close()
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """One readable line of a stream summary."""
-    routes = ", ".join(f"{k} {v}" for k, v in summary["routes"].items() if v)
-    return (f"{summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.1f} FPS), routes: {routes}; "
-            f"offload ratio {summary['offload_ratio']:.1%}, {summary['mean_bytes_per_frame']:.0f} B/frame sent, "
-            f"{summary['fallbacks']} fallbacks" + (f" {summary['errors']}" if summary["errors"] else ""))
-
-
-def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run a whole stream (`ecc-yolo detect`): results written under `<project>/<name>` when save=True, summary
-    logged and returned (with `save_dir` when something was saved).
+def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] | None = None, track: bool = False
+           ) -> dict[str, Any]:
+    """Run a whole stream (`ecc-yolo detect`, or `ecc-yolo track` with track=True): results written under
+    `<project>/<name>` when save=True, summary logged and returned (with `save_dir` when something was saved).
 
     Args:
         args: validated arguments (`ecc_yolo.args.get_args`), or a dict of overrides to validate, e.g.
@@ -362,6 +240,8 @@ def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] |
             edge from `ecc-yolo export`).
         overrides: the `key=value` pairs the user gave, which win over the model's deployment settings (default:
             `args` itself when it is a dict, else the keys of `args` that differ from their defaults).
+        track: track objects over each stream's final answers, whichever route gave them (`args.tracker`, an
+            Ultralytics tracker YAML: `ecc_yolo.serve.tracking.StreamTracker`).
 
     Raises:
         ModelMismatchError: the server holds another model, or a smaller input size.
@@ -370,8 +250,6 @@ def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] |
     """
     from ultralytics.utils.checks import check_imshow
     from ultralytics.utils.torch_utils import select_device
-
-    from ecc_yolo.serve.outputs import StreamOutputs
 
     if isinstance(args, dict):
         from ecc_yolo.args import default_project, get_args
@@ -389,6 +267,11 @@ def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] |
     if settings.route == AUTO and args.verbose:
         LOGGER.info(f"detect: {settings.deploy.describe()}")
     client = EdgeStreamClient(edge, settings, device=device)
+    tracker = None
+    if track:
+        from ecc_yolo.serve.tracking import StreamTracker
+
+        tracker = StreamTracker(args.tracker)
     save_dir = get_save_dir(args) if args.save else None
     show = bool(args.show) and check_imshow(warn=True)  # no window on a headless machine, as in predict
     outputs = StreamOutputs(save_dir, save=bool(args.save), show=show,
@@ -400,8 +283,11 @@ def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] |
                                progress=bool(args.verbose))
         try:
             for result in frames:
-                video_fps = max(1.0, client.fps / args.vid_stride)  # skipped frames must not shorten the video
-                if not outputs.write(result, result.record, client.dataset.mode, video_fps):
+                stream = result.record.get("stream") or 0
+                if tracker is not None:  # on the final answer, so that ids hold across a switch of routes
+                    tracker.update(result, stream=stream, fps=client.sources.fps.get(stream, 30.0))
+                video_fps = max(1.0, client.sources.fps.get(stream, 30.0) / args.vid_stride)  # skipped frames must not
+                if not outputs.write(result, result.record, client.sources.mode(stream), video_fps):  # shorten it
                     break
         finally:
             frames.close()

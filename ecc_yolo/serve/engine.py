@@ -18,9 +18,8 @@ from typing import Any, Hashable
 import cv2
 import numpy as np
 import torch
-from ultralytics.data.augment import LetterBox
 
-from ecc_yolo.infer import detections, input_shape_for, input_tensor, nms_settings, route_end2end
+from ecc_yolo.infer import detections, input_shape_for, input_tensor, letterbox, nms_settings, route_end2end
 from ecc_yolo.nn.ecc_model import ECCModel
 from ecc_yolo.payload import peek_input_shape
 from ecc_yolo.payload.codec import (
@@ -88,8 +87,6 @@ class CloudEngine:
         self.nms_args = nms_settings(conf, iou, max_det, classes, agnostic_nms)
         end2end = route_end2end(self.model)
         self.end2end = {r.kind: end2end[r.route] for r in SERVED_ROUTES}  # batch-key kind -> head's
-        # Square letterbox (not predict's minimal rectangle): every image gets the same shape, so any two batch.
-        self._letterbox = LetterBox(self.input_shape, auto=False, stride=self.stride)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu", **kwargs: Any) -> CloudEngine:
@@ -128,7 +125,7 @@ class CloudEngine:
             raise RequestError("bad_image", f"image of {w}x{h} pixels is too thin to letterbox to "
                                             f"{self.input_shape[1]}x{self.input_shape[0]}")
         try:
-            letterboxed = self._letterbox(image=image)
+            letterboxed = letterbox(image, self.input_shape, self.stride)
         except cv2.error as e:  # whatever else OpenCV's resize refuses is the image's fault, not the server's
             raise RequestError("bad_image", f"image of {w}x{h} pixels cannot be letterboxed: {e.msg}") from None
         return (IMAGE, self.input_shape), ImageItem(letterboxed, (h, w))

@@ -210,6 +210,27 @@ class CloudLink:
         except ValueError as e:  # not JSON (JSONDecodeError is a ValueError), or not a detect answer
             raise OffloadError("bad_answer", f"the server's answer is malformed: {str(e)[:200]}") from None
 
+    @staticmethod
+    def answer_for(future: Future, route: str, sent_shape: tuple[int, int], timeout: float) -> dict[str, Any]:
+        """The answer a `send` future holds, once it is known to answer the frame that was sent (its route and the
+        (h, w) of the image the server was to answer in).
+
+        Raises:
+            OffloadError: not done (timeout), cancelled, failed, or an answer for another frame (bad_answer).
+        """
+        if not future.done():
+            raise OffloadError("timeout", f"no answer within {timeout:g} s")
+        if future.cancelled():  # the link was closed under the stream
+            raise OffloadError("cancelled", "the connection was closed")
+        error = future.exception()
+        if error is not None:
+            raise error if isinstance(error, OffloadError) else OffloadError("client", repr(error))
+        answer = future.result()  # a well-formed answer (the link checked it) ...
+        if answer["route"] != route or tuple(answer["image_shape"]) != tuple(sent_shape):
+            raise OffloadError("bad_answer", f"answer for route {answer['route']} and image shape "
+                                             f"{answer['image_shape']}, not for this frame")  # ... to another
+        return answer
+
     def close(self) -> None:
         """Stop the sender and probe threads and close connections (pending requests are abandoned)."""
         self._senders.shutdown(wait=False, cancel_futures=True)

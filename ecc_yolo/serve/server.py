@@ -2,18 +2,9 @@
 
 `create_app(engine, backend, settings, metrics)` builds the app around any backend that batches and runs requests:
 `BatchedBackend` (one process, `MicroBatcher` on a worker thread) here, or the Ray Serve deployment in `ray_app.py`
-(`@serve.batch`). Every inference route, in order:
-
-1. checks the bearer token (401) and the client's X-ECC-Timeout-Ms, which sets the request's deadline (at most
-   `timeout` seconds after its arrival);
-2. is admitted, or refused with 503 + Retry-After before its body is read, when `max_concurrency` requests are
-   already in the process (reading, parsing, queued or running);
-3. reads its body once, into one buffer: over `max_body` is 413, a body not complete by the deadline is 408 (and the
-   connection is closed), a client gone mid-body is counted as `client_disconnected`;
-4. validates it on one of `parse_threads` threads (`CloudEngine.parse_*`: the decoders enforce the image caps and the
-   payload's declared sizes before they allocate);
-5. queues it (503 when `max_queue` are waiting) until its batch runs; a request whose deadline passes first gets 503
-   and is not computed, and one whose client disconnects is withdrawn.
+(`@serve.batch`). Every inference route runs its request through `intake.RequestGuard` (auth, deadline, admission,
+one bounded body read, validation on a parse thread, the batch raced against the deadline and the client's
+disconnection); the routes differ only in how they parse a body and shape an answer.
 
 Every refusal is a JSON `{"error": {"kind", "message"}}` (protocol.ERROR_STATUS); nothing from a request is unpickled.
 uvicorn bounds what comes before the app: connections (`limit_concurrency`, `ServerSettings.max_connections`; beyond
@@ -24,27 +15,24 @@ it, uvicorn's own plain 503), header size (h11's 16 KiB), idle keep-alive connec
 from __future__ import annotations
 
 import asyncio
-import hmac
 import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Hashable
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
-from ultralytics.utils import LOGGER
 
 from ecc_yolo.payload.codec import MAX_IMAGE_PIXELS
 from ecc_yolo.serve import metrics as metrics_text
 from ecc_yolo.serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine
+from ecc_yolo.serve.intake import RequestGuard
 from ecc_yolo.serve.metrics import ServerMetrics
 from ecc_yolo.serve.protocol import (
     HEALTH_PATH,
@@ -54,7 +42,6 @@ from ecc_yolo.serve.protocol import (
     READY_PATH,
     SERVED_BY_KIND,
     SERVED_ROUTES,
-    TIMEOUT_HEADER,
     RequestError,
     ServedRoute,
     resolve_token,
@@ -173,96 +160,6 @@ class BatchedBackend:
         self.batcher.close()
 
 
-class Admission:
-    """Counts the inference requests in the process, from before their body is read until they are answered, and
-    refuses new ones beyond `limit`. Used from the event loop only (one thread), so it needs no lock."""
-
-    def __init__(self, limit: int) -> None:
-        """At most `limit` requests at once."""
-        self.limit, self.count = limit, 0
-
-    def enter(self) -> bool:
-        """Take a place; False if none is free."""
-        if self.count >= self.limit:
-            return False
-        self.count += 1
-        return True
-
-    def leave(self) -> None:
-        """Give a place back."""
-        self.count -= 1
-
-
-def request_deadline(request: Request, timeout: float) -> float:
-    """The request's deadline (`time.monotonic()` seconds): its arrival plus the shorter of the server's `timeout`
-    and what the client asks for in X-ECC-Timeout-Ms."""
-    seconds = timeout
-    asked = request.headers.get(TIMEOUT_HEADER)
-    if asked is not None:
-        try:
-            ms = float(asked)
-        except ValueError:
-            ms = math.nan
-        if not (math.isfinite(ms) and ms > 0):
-            raise RequestError("bad_request", f"invalid {TIMEOUT_HEADER} {asked[:40]!r}: milliseconds > 0 expected")
-        seconds = min(seconds, ms / 1000)
-    return time.monotonic() + seconds
-
-
-async def read_body(request: Request, limit: int, deadline: float = math.inf) -> bytearray:
-    """The request body, read once into one buffer that grows only as bytes arrive: refused (413) before reading when
-    Content-Length says it is over `limit` bytes, and as soon as the limit is passed otherwise; 408 when it is not
-    complete by `deadline` (`time.monotonic()` seconds); `client_disconnected` when the client goes away."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise RequestError("bad_request", f"invalid Content-Length {declared[:40]!r}")
-        if int(declared) > limit:
-            raise RequestError("too_large", f"body of {int(declared)} bytes exceeds the {limit}-byte limit (max_body)")
-    body = bytearray()
-
-    async def fill() -> None:
-        async for chunk in request.stream():
-            if len(body) + len(chunk) > limit:
-                raise RequestError("too_large", f"body exceeds the {limit}-byte limit (max_body)")
-            body.extend(chunk)
-
-    try:
-        await asyncio.wait_for(fill(), max(deadline - time.monotonic(), 0.0))
-    except asyncio.TimeoutError:
-        raise RequestError("body_timeout", f"body incomplete at the request's deadline ({len(body)} bytes "
-                                           f"received)") from None
-    except ClientDisconnect:
-        raise RequestError("client_disconnected", f"the client disconnected mid-body ({len(body)} bytes "
-                                                  f"received)") from None
-    return body
-
-
-async def _disconnect(request: Request) -> None:
-    """Returns when the client disconnects (the body must have been read: its messages are consumed here)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def until_answered(request: Request, work: Awaitable[Any], deadline: float) -> Any:
-    """`await work`, unless the client disconnects or `deadline` (`time.monotonic()` seconds) passes first: then the
-    work is cancelled (which withdraws a queued request) and this raises RequestError."""
-    task = asyncio.ensure_future(work)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a cancelled task's late error is not news
-    gone = asyncio.ensure_future(_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, gone}, timeout=max(deadline - time.monotonic(), 0.0),
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        task.cancel()  # no-op when done
-    if task in done:
-        return task.result()
-    if gone in done:
-        raise RequestError("client_disconnected", "the client disconnected before its answer; its work was withdrawn")
-    raise RequestError("deadline_exceeded", "no answer before the request's deadline; retry later")
-
-
 def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSettings, metrics: ServerMetrics,
                lifespan: Any = None) -> FastAPI:
     """The FastAPI app serving `engine` through `backend` (routes: `ecc_yolo.serve.protocol`); `app.state.settings`
@@ -274,76 +171,17 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
                    "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                    "max_queue": settings.max_queue, "max_concurrency": settings.max_concurrency,
                    "timeout": settings.timeout, "max_pixels": settings.max_pixels}
-    expected_auth = f"Bearer {settings.token}".encode() if settings.token is not None else None
-    admission = Admission(settings.max_concurrency)
-    parse_limiter = anyio.CapacityLimiter(settings.parse_threads)
-    metrics.in_flight.track(lambda: admission.count)
-    metrics.queue_depth.track(backend.queue_depth)
-
-    def check_auth(request: Request) -> None:
-        if expected_auth is None:
-            return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected_auth):  # constant time: no token prefix can be probed
-            raise RequestError("unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")
-
-    def error_response(e: RequestError) -> JSONResponse:
-        headers = {}
-        if e.kind == "unauthorized":
-            headers["WWW-Authenticate"] = "Bearer"
-        if e.status == 503:
-            headers["Retry-After"] = str(backend.retry_after())
-        if e.kind == "body_timeout":
-            headers["Connection"] = "close"  # uvicorn would otherwise keep reading (and discarding) the slow body
-        return JSONResponse(e.body(), status_code=e.status, headers=headers)
-
-    async def detect(request: Request, kind: str) -> JSONResponse:
-        t0 = time.perf_counter()
-        route = SERVED_BY_KIND[kind].route
-        admitted = False
-        try:
-            check_auth(request)
-            deadline = request_deadline(request, settings.timeout)
-            if not admission.enter():
-                raise RequestError("overloaded", f"server busy: {admission.count} requests in flight "
-                                                 f"(max_concurrency); retry later")
-            admitted = True
-            body = await read_body(request, settings.max_body, deadline)
-            metrics.bytes_in.inc(route, amount=len(body))
-            parse, limit = ((engine.parse_image, settings.max_pixels) if kind == IMAGE else
-                            (engine.parse_features, settings.max_body))
-
-            async def validate_and_run(body: bytearray) -> tuple[dict[str, Any], int]:
-                key, item = await anyio.to_thread.run_sync(parse, body, limit, limiter=parse_limiter)
-                del body  # the buffer is freed once parsed, not held while the item waits for its batch
-                return await backend.detect(key, item, deadline)
-
-            work = validate_and_run(body)
-            del body
-            answer, batch_size = await until_answered(request, work, deadline)
-            seconds = time.perf_counter() - t0
-            # Built here, inside the error handling: an answer that cannot be serialised is answered as a bug.
-            response = JSONResponse({**answer, "batch_size": batch_size, "server_ms": round(seconds * 1000, 3)})
-        except RequestError as e:
-            metrics.errors.inc(e.kind)
-            metrics.requests.inc(route, e.status)
-            return error_response(e)
-        except Exception as e:  # a bug: answer it as one, keep serving
-            LOGGER.exception(f"ecc-yolo serve: internal error on {request.url.path}: {e}")
-            err = RequestError("internal", f"internal server error ({type(e).__name__})")
-            metrics.errors.inc(err.kind)
-            metrics.requests.inc(route, err.status)
-            return error_response(err)
-        finally:
-            if admitted:
-                admission.leave()
-        metrics.latency.observe(seconds, route)
-        metrics.requests.inc(route, 200)
-        return response
+    guard = app.state.guard = RequestGuard(backend, settings, metrics)  # also for routes added to the app later
 
     def endpoint(served: ServedRoute):
+        parse, limit = ((engine.parse_image, settings.max_pixels) if served.kind == IMAGE else
+                        (engine.parse_features, settings.max_body))
+
+        def respond(answer: dict[str, Any], batch_size: int, seconds: float) -> JSONResponse:
+            return JSONResponse({**answer, "batch_size": batch_size, "server_ms": round(seconds * 1000, 3)})
+
         async def detect_route(request: Request) -> JSONResponse:
-            return await detect(request, served.kind)
+            return await guard.answer(request, served.route, lambda body: parse(body, limit), respond)
 
         detect_route.__doc__ = f"Answer a {served.kind} body with the {served.route} route."
         return detect_route
@@ -360,9 +198,7 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
     @app.get(READY_PATH)
     async def readyz() -> JSONResponse:
         """Readiness: whether a request sent now would be taken (503 + Retry-After while not)."""
-        reason = backend.readiness()
-        if reason is None and admission.count >= admission.limit:
-            reason = f"{admission.count} requests in flight (max_concurrency)"
+        reason = guard.readiness()
         status = 200 if reason is None else 503
         metrics.requests.inc("readyz", status)
         if reason is None:
