@@ -31,8 +31,8 @@ Modes:
              ecc-yolo serve model=runs/ecc/gate/weights/best.pt host=127.0.0.1 port=8000 imgsz=320
   detect   the edge client on a video, stream or webcam: edge on every frame, chosen frames offloaded to a server
              ecc-yolo detect model=runs/ecc/gate/weights/best.pt source=video.mp4 cloud=http://127.0.0.1:8000 imgsz=320
-  export   the device's part (edge detector, gate, adapter encoders) as ONNX, for `detect model=<edge.onnx>`
-             ecc-yolo export model=runs/ecc/gate/weights/best.pt format=onnx imgsz=320
+  export   the device's part (edge detector, gate, adapter encoders) as ONNX or OpenVINO, for `detect model=<export>`
+             ecc-yolo export model=runs/ecc/gate/weights/best.pt format=onnx imgsz=320   (or format=openvino)
   help     this text;  version: the version
 
 Every Ultralytics argument (epochs, batch, imgsz, device, project, name, ...) works as with `yolo`; ecc-yolo's
@@ -138,16 +138,17 @@ def _run_mode(args: dict[str, Any], mode: str, required: str, usage: str, **defa
 
 def _serving_args(args: dict[str, Any], mode: str) -> Any:
     """Validated arguments of serve/detect: they need a trained ECC checkpoint or zoo name (detect also takes the
-    edge's ONNX export)."""
+    edge's ONNX or OpenVINO export: the .onnx, the IR folder or its .xml)."""
     from ecc_yolo import zoo
     from ecc_yolo.args import get_args
 
     _checked(args)
     model = str(args.get("model", ""))
-    suffixes = (".pt", ".onnx") if mode == "detect" else (".pt",)
-    if not (model.endswith(suffixes) or zoo.is_zoo_name(model)):
-        what = "an ECC checkpoint (.pt), a zoo name or an edge export (.onnx)" if mode == "detect" else \
-            "an ECC checkpoint (.pt) or a zoo name"
+    suffixes = (".pt", ".onnx", ".xml") if mode == "detect" else (".pt",)
+    exported_folder = mode == "detect" and bool(model) and Path(model).is_dir()  # an OpenVINO export
+    if not (model.endswith(suffixes) or exported_folder or zoo.is_zoo_name(model)):
+        what = "an ECC checkpoint (.pt), a zoo name or an edge export (.onnx, OpenVINO folder or .xml)" \
+            if mode == "detect" else "an ECC checkpoint (.pt) or a zoo name"
         raise UsageError(f"{mode} needs model=<{what}> (the edge and the cloud must hold the same model)")
     return get_args(args)  # image size, NMS and the offload decision: the model's unless given (ecc_yolo.deploy)
 
@@ -175,12 +176,13 @@ def run_detect(args: dict[str, Any]) -> None:
     if ns.route != "edge" and not ns.cloud:
         raise UsageError(f"detect route={ns.route} needs cloud=<server URL, e.g. http://127.0.0.1:8000> "
                          f"(or route=edge)")
+    from ecc_yolo.edge import NotAnEdgeExport
     from ecc_yolo.serve.client import detect
     from ecc_yolo.serve.link import ModelMismatchError
 
     try:
         detect(ns, overrides=args)
-    except ModelMismatchError as e:
+    except (ModelMismatchError, NotAnEdgeExport) as e:
         raise UsageError(str(e)) from None
 
 
@@ -211,13 +213,14 @@ def run_synth(args: dict[str, Any]) -> None:
 
 
 def run_export(args: dict[str, Any]) -> None:
-    """`ecc-yolo export format=onnx`: the device's graph (edge detector, gate, adapter encoders) for edge runtimes."""
-    from ecc_yolo.edge import export_edge_onnx
+    """`ecc-yolo export format=onnx|openvino`: the device's graph (edge detector, gate, adapter encoders) for edge
+    runtimes."""
+    from ecc_yolo.edge import OPENVINO_SUFFIX, export_edge_onnx, export_edge_openvino
 
     _checked(args)
     fmt = args.get("format", "onnx")
-    if fmt != "onnx":
-        raise UsageError(f"export supports format=onnx (the edge part), got '{fmt}'")
+    if fmt not in ("onnx", "openvino"):
+        raise UsageError(f"export supports format=onnx or format=openvino (the edge part), got '{fmt}'")
     from ecc_yolo import zoo
     from ecc_yolo.deploy import resolve
 
@@ -229,8 +232,11 @@ def run_export(args: dict[str, Any]) -> None:
     source = Path(str(ecc.model_name))
     # like Ultralytics: next to a checkpoint, else (a cfg, or a zoo model inside the installed package) here
     beside = source.suffix == ".pt" and source.resolve().parent != zoo.zoo_dir().resolve()
-    out = (source.parent if beside else Path.cwd()) / f"{source.stem}-edge.onnx"
-    print(f"edge export: {export_edge_onnx(model, out, imgsz)}")
+    out = (source.parent if beside else Path.cwd()) / f"{source.stem}-edge"
+    if fmt == "openvino":  # a folder, as Ultralytics writes: <stem>-edge_openvino_model/<stem>-edge.xml (+ .bin)
+        print(f"edge export: {export_edge_openvino(model, f'{out}{OPENVINO_SUFFIX}', imgsz)}")
+    else:
+        print(f"edge export: {export_edge_onnx(model, f'{out}.onnx', imgsz)}")
 
 
 def run_demo_mode(args: dict[str, Any]) -> None:
