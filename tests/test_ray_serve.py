@@ -55,6 +55,7 @@ def test_ray_serve_answers_through_the_same_app(serving_ckpt, monkeypatch):
             assert wait_healthy(url, 180), "Ray Serve's proxy did not answer within 180 s"
             assert c.get(HEALTH_PATH).json() == {"status": "ok"}
             assert c.get(MODEL_PATH).json()["fingerprint"] == model.fingerprint().hex()
+            assert c.get("/v2/models/image").json()["name"] == "image"  # the KServe v2 endpoints come along
             image = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
             r = c.post(IMAGE_PATH, content=encode_jpeg(image), headers=bearer_header("t"))
             assert r.status_code == 200, r.text

@@ -403,10 +403,12 @@ def test_one_table_maps_each_served_route_to_its_request_kind_and_path(engine):
     """The server registers exactly the endpoints of SERVED_ROUTES, each answering with its route; the client sends a
     route's frames to that route's path (no second table)."""
     from ecc_yolo.serve import client
+    from ecc_yolo.serve.kserve import MODEL_PATHS
     from ecc_yolo.serve.protocol import SERVED_BY_ROUTE, SERVED_ROUTES
 
     app = build_app(engine, ServerSettings())
     posts = {r.path for r in app.routes if "POST" in getattr(r, "methods", set())}
-    assert posts == {r.path for r in SERVED_ROUTES} and len(posts) == 2
+    v2 = {f"{path}/infer" for path in MODEL_PATHS}  # KServe v2: one infer path, one v2 model per served route
+    assert posts - v2 == {r.path for r in SERVED_ROUTES} and len(posts - v2) == 2 and v2 <= posts
     assert {r.route for r in SERVED_ROUTES} == {"cloud", "adapted"} and set(SERVED_BY_ROUTE) == {"cloud", "adapted"}
     assert not hasattr(client, "ROUTE_PATHS")

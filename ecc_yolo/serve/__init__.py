@@ -6,6 +6,7 @@ Modules, one concept each:
     batcher   dynamic micro-batching of requests on a worker thread
     metrics   Prometheus counters and histograms of one server
     server    the FastAPI app (one process on uvicorn)
+    kserve    the KServe v2 / Triton endpoints of the same app
     ray_app   the same app as a Ray Serve deployment (optional extra `ray`)
     run       `ecc-yolo serve`: picks the backend (uvicorn or Ray Serve) and runs it
     link      the edge's connection to a server: offload requests, health probes, back-off

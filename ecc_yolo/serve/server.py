@@ -33,6 +33,7 @@ from ecc_yolo.serve import metrics as metrics_text
 from ecc_yolo.serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine
 from ecc_yolo.serve.intake import RequestGuard
+from ecc_yolo.serve.kserve import add_kserve_routes
 from ecc_yolo.serve.metrics import ServerMetrics
 from ecc_yolo.serve.protocol import (
     HEALTH_PATH,
@@ -188,6 +189,7 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
 
     for served in SERVED_ROUTES:  # one endpoint per served route (ecc_yolo.serve.protocol.SERVED_ROUTES)
         app.add_api_route(served.path, endpoint(served), methods=["POST"], name=f"detect_{served.kind}")
+    add_kserve_routes(app, engine, guard, settings, metrics)  # KServe v2 / Triton endpoints (kserve.py)
 
     @app.get(HEALTH_PATH)
     async def healthz() -> dict[str, str]:
