@@ -31,6 +31,8 @@ Modes:
              ecc-yolo serve model=runs/ecc/gate/weights/best.pt host=127.0.0.1 port=8000 imgsz=320
   detect   the edge client on a video, stream or webcam: edge on every frame, chosen frames offloaded to a server
              ecc-yolo detect model=runs/ecc/gate/weights/best.pt source=video.mp4 cloud=http://127.0.0.1:8000 imgsz=320
+  track    detect, plus Ultralytics' tracker (tracker=bytetrack.yaml|botsort.yaml|...) on each frame's final answer
+             ecc-yolo track model=ecc-synth2-q-n-160 source=video.mp4 cloud=http://127.0.0.1:8000 tracker=bytetrack.yaml
   export   the device's part (edge detector, gate, adapter encoders) as ONNX or OpenVINO, for `detect model=<export>`
              ecc-yolo export model=runs/ecc/gate/weights/best.pt format=onnx imgsz=320   (or format=openvino)
   help     this text;  version: the version
@@ -166,24 +168,39 @@ def run_serve(args: dict[str, Any]) -> None:
     serve(ns, overrides=args)
 
 
-def run_detect(args: dict[str, Any]) -> None:
-    """`ecc-yolo detect`: the edge stream client; saves like `yolo predict` and prints a summary."""
+def run_detect(args: dict[str, Any], track: bool = False) -> None:
+    """`ecc-yolo detect`: the edge stream client; saves like `yolo predict` and prints a summary. With track=True
+    (`ecc-yolo track`), each frame's final answer is tracked (ecc_yolo/serve/tracking.py) before it is saved."""
     from ecc_yolo.args import default_project
 
+    mode = "track" if track else "detect"
     if "source" not in args:
-        raise UsageError("detect needs source=<video, image folder, stream URL or webcam index>")
-    ns = _serving_args({"save": True, "project": default_project(), "name": "detect", **args}, "detect")
+        raise UsageError(f"{mode} needs source=<video, image folder, stream URL or webcam index>")
+    ns = _serving_args({"save": True, "project": default_project(), "name": mode, **args}, "detect")
     if ns.route != "edge" and not ns.cloud:
-        raise UsageError(f"detect route={ns.route} needs cloud=<server URL, e.g. http://127.0.0.1:8000> "
+        raise UsageError(f"{mode} route={ns.route} needs cloud=<server URL, e.g. http://127.0.0.1:8000> "
                          f"(or route=edge)")
+    if track:
+        from ecc_yolo.serve.tracking import tracker_config
+
+        try:
+            tracker_config(ns.tracker)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     from ecc_yolo.edge import NotAnEdgeExport
     from ecc_yolo.serve.client import detect
     from ecc_yolo.serve.link import ModelMismatchError
 
     try:
-        detect(ns, overrides=args)
+        detect(ns, overrides=args, track=track)
     except (ModelMismatchError, NotAnEdgeExport) as e:
         raise UsageError(str(e)) from None
+
+
+def run_track(args: dict[str, Any]) -> None:
+    """`ecc-yolo track`: `ecc-yolo detect` with Ultralytics' multi-object tracking (tracker=) on the final answers;
+    each box of detections.jsonl gets its track_id."""
+    run_detect(args, track=True)
 
 
 def run_synth(args: dict[str, Any]) -> None:
@@ -263,6 +280,7 @@ MODES: dict[str, Callable[[dict[str, Any]], None]] = {
     "demo": run_demo_mode,
     "serve": run_serve,
     "detect": run_detect,
+    "track": run_track,
 }
 
 

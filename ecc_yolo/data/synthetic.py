@@ -741,8 +741,9 @@ def generate_video(path: str | Path, frames: int = 300, fps: int = 15, imgsz: in
 
     Each segment is one scene (and, in generator 2.0, one camera: its noise, blur and colour cast hold for the
     segment and are drawn blind to its difficulty).
-    Labels go to `<stem>.jsonl`, one {"frame", "difficulty", "boxes" (xyxy pixels), "classes"} per frame.
-    Returns the mp4 path.
+    Labels go to `<stem>.jsonl`, one {"frame", "difficulty", "boxes" (xyxy pixels), "classes", "track_ids"} per
+    frame: an object keeps its track id (from 1) while it moves within a segment, and each segment's objects get new
+    ones (a new scene). Returns the mp4 path.
     """
     if frames <= 0:
         raise ValueError(f"frames must be positive, got {frames}")
@@ -753,7 +754,7 @@ def generate_video(path: str | Path, frames: int = 300, fps: int = 15, imgsz: in
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (s, s))
     if not writer.isOpened():
         raise RuntimeError(f"cv2.VideoWriter could not open {path} with fourcc mp4v")
-    labels, f = [], 0
+    labels, f, first_id = [], 0, 1
     bar = _progress(None, frames, "synthetic video", progress)
     try:
         for si, (n, diff) in enumerate(schedule):
@@ -772,11 +773,14 @@ def generate_video(path: str | Path, frames: int = 300, fps: int = 15, imgsz: in
                 bg, overlay, omask, objs, cam = scene.bg, scene.overlay, scene.overlay_mask, scene.objs, scene.cam
             ang = rng.uniform(0, 2 * math.pi, len(objs))
             vel = np.stack([np.cos(ang), np.sin(ang)], 1) * rng.uniform(0.5, 2.5, (len(objs), 1)) * s / 256
+            track_ids = list(range(first_id, first_id + len(objs)))  # _compose labels every object, in list order
+            first_id += len(objs)
             for _ in range(n):
                 fr = _compose(rng, diff, bg, objs, overlay, lv)
                 writer.write(fr.image if cam is None else _apply_camera(rng, fr.image, cam))
                 boxes, classes = fr.boxes.tolist(), fr.classes.tolist()
-                labels.append({"frame": f, "difficulty": diff, "boxes": boxes, "classes": classes})
+                labels.append({"frame": f, "difficulty": diff, "boxes": boxes, "classes": classes,
+                               "track_ids": track_ids})
                 f += 1
                 bar.update(1)
                 _step(objs, vel, lv, s, omask)
