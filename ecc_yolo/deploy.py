@@ -15,8 +15,9 @@ wins over the model's own value.
 
 **The calibrated default operating point.** Stage=gate (and joint) fits one threshold per router on the validation
 split (`calibrate`): each offloads the `offload=` share (default 0.3, `OFFLOAD_SHARE`) of the validation frames;
-ECC_D+'s margin is the one whose curve is highest on average over offload ratios 10-90% on that split
-(`fit_margin`), and the default router is the one with the highest mAP50-95 on that split at that share.
+ECC_D+'s margin is the largest whose curve, averaged over offload ratios 10-90% on that split, is within
+`MARGIN_TOLERANCE` of the best margin's (`fit_margin`: an offloaded frame goes the cheaper way, the features, unless
+the gate expects the JPEG to gain more than the margin over them), and the default router is the one with the highest mAP50-95 on that split at that share.
 A model without calibration keeps the fixed defaults (`policy.GAIN_THRESHOLD`,
 `policy.THREE_WAY_MARGIN`; MEANet: its router's most likely exit). `ecc-yolo info` prints the settings.
 """
@@ -38,6 +39,10 @@ GATE_ROUTERS = (ECC_D, ECC_I, ECC_D_PLUS)  # routers that read the offload gate
 OFFLOAD_SHARE = 0.3  # the default operating point's share of offloaded frames (the `offload=` argument's default)
 MARGIN_RATIOS = tuple(np.round(np.arange(0.1, 0.91, 0.1), 2))  # offload ratios ECC_D+'s margin is fitted over
 MARGIN_QUANTILES = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))  # candidate margins: quantiles of the gain gap
+# mAP50-95 (mean over MARGIN_RATIOS, validation split) ECC_D+ may give up to send features rather than a JPEG: the
+# adapted route runs the cloud's tail only (56% of its GFLOPs on zoo v2), so where the gate expects the two answers
+# to be about as good the features are the cheaper way. Fixed before any test-split figure was seen (issue 24).
+MARGIN_TOLERANCE = 0.005
 DEFAULT_NMS = {"conf": 0.25, "iou": 0.7, "max_det": 300}  # Ultralytics' predict defaults
 USER_KEYS = ("imgsz", "conf", "iou", "max_det", "router", "gate_threshold", "margin")
 
@@ -161,16 +166,17 @@ def router_scores(router: str, gains: np.ndarray | None, exit_logits: np.ndarray
 
 
 def fit_margin(gains: np.ndarray, map_of: Callable[[np.ndarray], float],
-               ratios: tuple[float, ...] = MARGIN_RATIOS) -> float:
+               ratios: tuple[float, ...] = MARGIN_RATIOS, tolerance: float = MARGIN_TOLERANCE) -> float:
     """ECC_D+'s margin: of candidate margins (quantiles of the predicted gap cloud - adapted, and one above every
-    gap: never the JPEG), the one whose routes score highest on average over `ratios`; `map_of(route codes)` is the
-    mAP50-95 of an assignment on the calibration split."""
+    gap: never the JPEG), the largest (the most frames on the cheaper features) whose routes score, on average over
+    `ratios`, within `tolerance` of the best candidate's; `map_of(route codes)` is the mAP50-95 of an assignment on
+    the calibration split."""
     gains = np.asarray(gains, dtype=np.float64)
     gap = gains[:, 1] - gains[:, 0]
     candidates = sorted({float(np.nextafter(gap.max(), np.inf)), *(float(np.quantile(gap, q)) - 1e-9
                                                                  for q in MARGIN_QUANTILES)})
     mean_map = [np.mean([map_of(decide(gains, ratio=r, margin=m).routes) for r in ratios]) for m in candidates]
-    return candidates[int(np.argmax(mean_map))]
+    return max(m for m, v in zip(candidates, mean_map) if v >= max(mean_map) - tolerance)
 
 
 def calibrate(settings: DeploySettings, gains: np.ndarray, exit_logits: np.ndarray | None, share: float,
