@@ -33,7 +33,7 @@ _KEYS_BY_KIND: dict[tuple[str, Any], tuple[str, ...]] = {
     ("choice", INFER_ROUTES): ("route",),
     ("choice", SERVE_BACKENDS): ("backend",),
     ("optional choice", ROUTERS): ("router",),
-    ("bool", None): ("distill", "pareto", "label_free", "router_balance", "rate_curve"),
+    ("bool", None): ("distill", "pareto", "label_free", "router_balance", "rate_curve", "track_cue"),
     ("float>=", 1.0): ("rrb",),
     ("float>=", 0.0): ("feat", "det", "kd", "rate", "max_wait_ms"),
     ("float>", 0.0): ("timeout",),

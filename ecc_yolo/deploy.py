@@ -65,16 +65,18 @@ class DeploySettings:
         """The offload threshold of the active router (None: MEANet's most likely exit decides)."""
         return self.thresholds.get(self.router)
 
-    def decide(self, gains: np.ndarray | None, exit_logits: np.ndarray | None, thresholds: np.ndarray | None = None):
+    def decide(self, gains: np.ndarray | None, exit_logits: np.ndarray | None, thresholds: np.ndarray | None = None,
+               force: np.ndarray | None = None):
         """`policy.decide` with these settings for a batch: the gate's (N, 2) gains or the exit router's (N, 3)
-        logits; `thresholds` (N,) (a budget's, per frame: `policy.StreamBudgets`) replace the model's threshold."""
+        logits; `thresholds` (N,) (a budget's, per frame: `policy.StreamBudgets`) replace the model's threshold;
+        `force` (N,) bool offloads frames whatever their score."""
         rule = {"threshold": thresholds} if thresholds is not None else \
             {"threshold": self.threshold} if self.threshold is not None else {}  # MEANet without one: argmax
         if self.router == MEANET:
-            return decide(exit_logits=exit_logits, **rule)
+            return decide(exit_logits=exit_logits, force=force, **rule)
         if self.router == ECC_D_PLUS:
-            return decide(gains, margin=self.margin, **rule)
-        return decide(gains, offload_to=CLOUD if self.router == ECC_I else ADAPTED, **rule)
+            return decide(gains, margin=self.margin, force=force, **rule)
+        return decide(gains, offload_to=CLOUD if self.router == ECC_I else ADAPTED, force=force, **rule)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (what the model and an edge export store)."""

@@ -256,6 +256,7 @@ def decide(
     controller: BudgetController | None = None,
     offload_to: str = ADAPTED,
     margin: float | None = None,
+    force: np.ndarray | None = None,
 ) -> Decision:
     """The per-frame offload (and, on a multi-exit edge, exit) decision.
 
@@ -276,6 +277,8 @@ def decide(
             (ECC_I, score: the cloud's gain).
         margin: ECC_D+ (three-way): rank frames by the larger gain and send an offloaded frame to the cloud when
             the cloud's gain beats the adapted one by more than `margin`, else to the adapted route.
+        force: (N,) bool, frames offloaded whatever their score (a cue from outside the gate, e.g. a tracker that
+            started or lost a track); they go where an offloaded frame goes.
 
     Raises:
         ValueError: not exactly one of threshold, ratio and controller (for a single-exit edge: at least one).
@@ -290,10 +293,12 @@ def decide(
             complex_ = p.argmax(axis=1) == EXIT_CODES[CLOUD]
         else:
             complex_ = _offloaded(scores, threshold, ratio, controller)
+        complex_ = complex_ | force if force is not None else complex_
         return Decision(exits_to_routes(_exits(p, complex_)), scores)
     gains = np.asarray(gains)
     scores = three_way_priority(gains) if margin is not None else gains[:, GATE_ROUTES.index(offload_to)]
     offloaded = _offloaded(scores, threshold, ratio, controller)
+    offloaded = offloaded | force if force is not None else offloaded
     if margin is not None:
         return Decision(three_way_routes(gains, offloaded, margin), scores)
     return Decision(np.where(offloaded, ROUTE_CODES[offload_to], ROUTE_CODES[EDGE]), scores)

@@ -89,3 +89,22 @@ def test_decide_multi_exit_is_the_routers_choice_and_respects_a_ratio():
     assert at_ratio.answered_by(ADAPTED).sum() == 10  # the cloud exit is answered by the adapted route
     hard = np.array([[0.0, 5.0, 1.0]])  # more likely hard than easy, not sent: the extension exit answers it
     assert decide(exit_logits=hard, threshold=0.9).answered_by(EXTENSION).tolist() == [True]
+
+
+def test_forced_frames_are_offloaded_whatever_their_score_and_go_where_offloaded_frames_go():
+    """A cue from outside the gate (a tracker that started or lost a track) offloads a frame the threshold keeps."""
+    from ecc_yolo.policy import decide
+    from ecc_yolo.routes import ADAPTED, CLOUD, EDGE, EXTENSION, ROUTE_CODES
+
+    gains = np.array([[0.0, 0.5], [0.01, 0.0], [0.2, 0.1]])
+    force = np.array([True, True, False])
+    d = decide(gains, threshold=10.0, force=force)
+    assert d.offloaded.tolist() == [True, True, False]
+    assert d.routes.tolist() == [ROUTE_CODES[ADAPTED]] * 2 + [ROUTE_CODES[EDGE]]
+    d = decide(gains, threshold=10.0, margin=0.05, force=force)  # ECC_D+: the JPEG where the cloud gains more
+    assert d.routes.tolist() == [ROUTE_CODES[CLOUD], ROUTE_CODES[ADAPTED], ROUTE_CODES[EDGE]]
+    assert decide(gains, threshold=10.0).offloaded.sum() == 0  # without the cue nothing goes
+    logits = np.array([[5.0, 0.0, -5.0], [0.0, 5.0, -5.0]])  # the exit router: main, extension
+    d = decide(exit_logits=logits, force=np.array([True, False]))
+    assert d.offloaded.tolist() == [True, False]
+    assert d.answered_by(EXTENSION).tolist() == [False, True]  # the unforced frame keeps its exit

@@ -102,3 +102,39 @@ def test_streams_share_one_link_and_a_per_stream_budget_holds_each_stream(servin
         assert 0.1 <= ratio <= 0.4, (s, ratio)  # each stream held near its own 25%
         assert any(r["stream"] == s and r["bytes_sent"] > 0 for r in records)  # both offloaded through the one link
     assert "stream_budget_thresholds" in summary
+
+
+def test_a_cue_offloads_the_streams_next_frame_whatever_the_gate_says(serving_ckpt, videos):
+    from ecc_yolo.serve.client import EdgeStreamClient, StreamSettings
+    from ecc_yolo.serve.frames import FrameInput
+    from ecc_yolo.serve.link import CloudLink
+
+    class Link(CloudLink):  # no server: records what would be sent
+        def __init__(self):
+            self.sent, self.reconnects = [], 0
+
+        def available(self):
+            return True
+
+        def send(self, path, body, deadline=None):
+            from concurrent.futures import Future
+
+            self.sent.append(path)
+            return Future()
+
+        def close(self):
+            pass
+
+    from ecc_yolo.edge import TorchEdge
+
+    edge = TorchEdge(load_ecc(serving_ckpt)[0])
+    args = get_args({"imgsz": IMGSZ, "route": "auto", "cloud": "http://unused", "gate_threshold": 1e9,
+                     "router": "ECC_D"})
+    client = EdgeStreamClient(edge, StreamSettings.from_args(args, edge), link=(link := Link()))
+    image = np.zeros((128, 128, 3), np.uint8)
+    frame = lambda i, s: FrameInput(i, "x", image, stream=s)  # noqa: E731
+    assert [f.route for f in client.process([frame(0, 0), frame(0, 1)])] == ["edge", "edge"]
+    client.cue(1)
+    routes = [f.route for f in client.process([frame(1, 0), frame(1, 1)])]
+    assert routes == ["edge", "adapted"] and len(link.sent) == 1  # only the cued stream's frame went
+    assert [f.route for f in client.process([frame(2, 0), frame(2, 1)])] == ["edge", "edge"]  # one frame per cue

@@ -46,7 +46,7 @@ def markdown(result: dict) -> str:
         taken = ", ".join(f"{k} {v}" for k, v in row["routes"].items() if v)
         lines.append(f"| {row['route']} | {row['tracker']} | {m['mota']:.3f} | {m['idf1']:.3f} | {m['id_switches']} | "
                      f"{m['false_positives']} | {m['misses']} | {a['mota']:.3f} / {a['idf1']:.3f} | "
-                     f"{d['false_positives']} / {d['misses']} | "
+                     f"{(str(d['false_positives']) + ' / ' + str(d['misses'])) if d else '-'} | "
                      f"{row['offload_ratio']:.1%} | {taken} |")
     gt = result["rows"][0]["overall"]
     lines.append(f"\n{gt['objects']} ground-truth boxes in {gt['gt_tracks']} tracks over {result['frames_total']} "
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--routes", default=",".join(ROUTES))
     p.add_argument("--auto-trackers", default="botsort.yaml,tracktrack.yaml",
                    help="other trackers to run route=auto with, for comparison ('' for none)")
+    p.add_argument("--cue", action="store_true", help="also route=auto with track_cue=True, and the gate alone "
+                   "(budget=) at the share of frames that offloaded")
     p.add_argument("--record", default=None)
     opt = p.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -99,36 +101,46 @@ def main(argv: list[str] | None = None) -> dict:
     videos = [generate_video(out / f"video{seed}.mp4", frames=opt.frames, fps=15, imgsz=settings.imgsz, seed=seed,
                              schedule=schedule(opt.frames, seed), progress=False) for seed in seeds]
 
-    def run(route: str, tracker: str | None, url: str) -> tuple[list[dict], dict[str, list[dict]]]:
-        """detect (track=True unless tracker is None) on every video: summaries, and records per video."""
+    def run(route: str, tracker: str | None, url: str, extra: dict | None = None, label: str = ""
+            ) -> tuple[list[dict], dict[str, list[dict]]]:
+        """detect (track=True unless tracker is None) on every video, with `extra` arguments: summaries, and records
+        per video."""
         summaries, records = [], {}
         for video in videos:
-            name = f"{route}-{Path(tracker).stem if tracker else 'untracked'}-{video.stem}"
+            name = f"{route}{label}-{Path(tracker).stem if tracker else 'untracked'}-{video.stem}"
             args = get_args({"model": str(opt.model), "source": str(video), "route": route, "cloud": url,
                              "tracker": tracker or opt.tracker, "save": True, "project": str(out), "name": name,
-                             "exist_ok": True, "verbose": False})
-            summaries.append(detect(args, model=model, overrides={}, track=tracker is not None))
+                             "exist_ok": True, "verbose": False, **(extra or {})})
+            summaries.append(detect(args, model=model, overrides=extra or {}, track=tracker is not None))
             records[video.stem] = [json.loads(x) for x in (out / name / "detections.jsonl").read_text().splitlines()]
         return summaries, records
 
     rows, detections = [], {}
     with BackgroundServer(build_app(CloudEngine(model, imgsz=settings.imgsz), ServerSettings())) as server:
-        runs = [(r, opt.tracker) for r in opt.routes.split(",")]
-        runs += [("auto", t) for t in opt.auto_trackers.split(",") if t and t != opt.tracker]
-        for route, tracker in runs:
+        runs = [(r, opt.tracker, {}) for r in opt.routes.split(",")]
+        runs += [("auto", t, {}) for t in opt.auto_trackers.split(",") if t and t != opt.tracker]
+        if opt.cue:  # the track-state cue, then the gate alone at the share of frames the cue ended up offloading
+            runs += [("auto", opt.tracker, {"track_cue": True}), ("auto", opt.tracker, "same share")]
+        for route, tracker, extra in runs:
+            if extra == "same share":
+                extra = {"budget": max(rows[-1]["offload_ratio"], 0.01)}
+            label = "".join(f"-{k}{v}" for k, v in extra.items())
             t0 = time.time()
-            summaries, records = run(route, tracker, server.url)
+            summaries, records = run(route, tracker, server.url, extra, label)
             seconds = round(time.time() - t0, 1)
-            if route not in detections:  # the same frames untracked: what the tracker had to work with
-                _, raw = run(route, None, server.url)
-                detections[route] = pooled(videos, {k: untracked(v) for k, v in raw.items()})[0]
+            if route + label not in detections and not extra.get("track_cue"):  # the same frames untracked: what
+                # the tracker had to work with (with the cue, the frames depend on the tracker: none such)
+                _, raw = run(route, None, server.url, extra, label)
+                detections[route + label] = pooled(videos, {k: untracked(v) for k, v in raw.items()})[0]
             overall, per_video = pooled(videos, records)
             frames = sum(s["frames"] for s in summaries)
             rows.append({
-                "route": route, "tracker": tracker, "overall": overall, "per_video": per_video,
+                "route": route + (f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else ""),
+                "tracker": tracker, "overall": overall, "per_video": per_video,
                 "overall_class_agnostic": pooled(videos, records, class_aware=False)[0],
-                "untracked_detections": {k: detections[route][k] for k in
-                                         ("precision", "recall", "false_positives", "misses")},
+                "untracked_detections": {k: detections[route + label][k] for k in
+                                         ("precision", "recall", "false_positives", "misses")}
+                if route + label in detections else None,
                 "offload_ratio": round(sum(s["offload_ratio"] * s["frames"] for s in summaries) / frames, 4),
                 "routes": {k: sum(s["routes"][k] for s in summaries) for k in summaries[0]["routes"]},
                 "fallbacks": sum(s["fallbacks"] for s in summaries), "seconds": seconds})

@@ -27,6 +27,7 @@ from concurrent.futures import wait
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from ultralytics.cfg import get_save_dir
 from ultralytics.engine.results import Results
@@ -111,6 +112,7 @@ class EdgeStreamClient:
                                   timeout=settings.timeout, max_inflight=settings.max_inflight,
                                   backoff=settings.backoff)
         self.budgets: StreamBudgets | None = None
+        self.cued: set[int] = set()  # streams whose next frame is offloaded whatever the router says (`cue`)
         self.sources: StreamSources | None = None
         self.recorder = StreamRecorder(self.names, settings.route)
         self.errors = self.recorder.errors  # fallback causes, counted
@@ -169,7 +171,9 @@ class EdgeStreamClient:
         available = self.link is not None and self.settings.route not in DEVICE_ROUTES and self.link.available()
         streams = [f.stream or 0 for f in inputs]
         thresholds = self.budgets.thresholds(streams) if self.budgets is not None else None
-        frames = self.pipeline.run(inputs, available, thresholds)
+        force = np.array([s in self.cued for s in streams]) if self.cued else None
+        self.cued.difference_update(streams)
+        frames = self.pipeline.run(inputs, available, thresholds, force)
         for frame, stream in zip(frames, streams):
             if frame.body is not None:
                 frame.bytes_sent = len(frame.body)
@@ -186,6 +190,11 @@ class EdgeStreamClient:
                 elif available:  # while the cloud is down the budget neither fills nor drains
                     self.budgets.record(stream, frame.future is not None, frame.bytes_sent)
         return frames
+
+    def cue(self, stream: int = 0) -> None:
+        """Offload the next frame of `stream` (route=auto) whatever the router says: a tracker saw a track start or
+        end (`track_cue=True`)."""
+        self.cued.add(stream)
 
     def _emit(self, pending: deque[Frame], final: bool) -> Iterator[Results]:
         """Emit finished frames from the head of `pending`, waiting for the head when too many offloads are
@@ -286,6 +295,8 @@ def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] |
                 stream = result.record.get("stream") or 0
                 if tracker is not None:  # on the final answer, so that ids hold across a switch of routes
                     tracker.update(result, stream=stream, fps=client.sources.fps.get(stream, 30.0))
+                    if args.track_cue and settings.route == AUTO and tracker.changed(stream):
+                        client.cue(stream)  # a track started or ended: ask the cloud about the stream's next frame
                 video_fps = max(1.0, client.sources.fps.get(stream, 30.0) / args.vid_stride)  # skipped frames must not
                 if not outputs.write(result, result.record, client.sources.mode(stream), video_fps):  # shorten it
                     break

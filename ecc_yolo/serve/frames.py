@@ -75,17 +75,20 @@ class FramePipeline:
                                  settings.agnostic_nms)
         self._max_batch = getattr(edge, "max_batch", None)  # an export fixed to one frame runs frame by frame
 
-    def run(self, frames: list[FrameInput], cloud_available: bool, thresholds: np.ndarray | None = None
-            ) -> list[Frame]:
+    def run(self, frames: list[FrameInput], cloud_available: bool, thresholds: np.ndarray | None = None,
+            force: np.ndarray | None = None) -> list[Frame]:
         """The batch's frames with their answers on the device and, for those to offload, the body to send
         (`cloud_available` False: they fall back to the edge's answer, cause cloud_unavailable). `thresholds`: per
-        frame, a budget's threshold instead of the model's (`policy.StreamBudgets`)."""
+        frame, a budget's threshold instead of the model's (`policy.StreamBudgets`); `force`: per frame, offload it
+        under route=auto whatever the router says (a tracker's cue)."""
         step = self._max_batch or len(frames)
-        return [f for i in range(0, len(frames), step) for f in self._run(
-            frames[i:i + step], cloud_available, None if thresholds is None else thresholds[i:i + step])]
+        part = lambda a, i: None if a is None else a[i:i + step]  # noqa: E731
+        return [f for i in range(0, len(frames), step)
+                for f in self._run(frames[i:i + step], cloud_available, part(thresholds, i), part(force, i))]
 
     @torch.inference_mode()
-    def _run(self, inputs: list[FrameInput], cloud_available: bool, thresholds: np.ndarray | None) -> list[Frame]:
+    def _run(self, inputs: list[FrameInput], cloud_available: bool, thresholds: np.ndarray | None,
+             force: np.ndarray | None) -> list[Frame]:
         wall, t0 = time.time(), time.perf_counter()
         letterboxed = [letterbox(f.image, self.settings.imgsz, self.edge.stride) for f in inputs]
         x = input_tensor(letterboxed, self.device)
@@ -103,7 +106,7 @@ class FramePipeline:
             # the model's router (a multi-exit edge's: main, extension or cloud; the gate's: edge, adapted or
             # cloud); float64, as the gain was compared with the threshold before
             decision = self.settings.deploy.decide(np.asarray(outputs.gate, dtype=np.float64), outputs.router,
-                                                   thresholds=thresholds)
+                                                   thresholds=thresholds, force=force)
             on_extension = np.flatnonzero(decision.answered_by(EXTENSION))
             self._answer_on_extension(frames, on_extension, outputs, x)
             targets = np.where(decision.answered_by(CLOUD), CLOUD, ADAPTED)
