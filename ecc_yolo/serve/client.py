@@ -135,8 +135,8 @@ class EdgeStreamClient:
         return True
 
     # -- the stream -----------------------------------------------------------------------------------------------
-    def stream(self, source: Any, vid_stride: int = 1, buffer: bool = False, progress: bool = False
-               ) -> Iterator[Results]:
+    def stream(self, source: Any, vid_stride: int = 1, buffer: bool = False, progress: bool = False,
+               desc: str = "detect") -> Iterator[Results]:
         """Results for every frame of `source` (anything Ultralytics' loaders read: file, folder, video, stream URL,
         webcam index, a loader instance, or a `.streams` file listing several: `sources.StreamSources`), each
         stream's in order."""
@@ -149,7 +149,7 @@ class EdgeStreamClient:
             start = threshold if threshold is not None else 0.5  # P(complex) = 0.5: MEANet's argmax
             self.budgets = StreamBudgets(self.settings.budget, self.settings.stream_budget if sources.multi else None,
                                          start, sources.fps)
-        bar = TQDM(total=sources.total_frames(), desc="detect", unit="frame", disable=not progress)
+        bar = TQDM(total=sources.total_frames(), desc=desc, unit="frame", disable=not progress)
         pending: deque[Frame] = deque()
         self.recorder.t_start = time.perf_counter()
         try:
@@ -266,15 +266,16 @@ def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] |
         overrides = dict(args) if overrides is None else overrides
         args = get_args({"project": default_project(), "name": "detect", **args})
 
+    mode = "track" if track else "detect"
     device = select_device(args.device, verbose=False)
     edge = load_edge(model if model is not None else args.model, device)
     settings = StreamSettings.from_args(args, edge, overrides)
     fixed = getattr(edge, "imgsz", None)  # an exported graph has a fixed input size
     if fixed is not None and settings.imgsz != (fixed, fixed):
-        LOGGER.info(f"detect: {args.model} was exported at imgsz={fixed}; using it")
+        LOGGER.info(f"{mode}: {args.model} was exported at imgsz={fixed}; using it")
         settings = dataclasses.replace(settings, imgsz=(fixed, fixed))
     if settings.route == AUTO and args.verbose:
-        LOGGER.info(f"detect: {settings.deploy.describe()}")
+        LOGGER.info(f"{mode}: {settings.deploy.describe()}")
     client = EdgeStreamClient(edge, settings, device=device)
     tracker = None
     if track:
@@ -289,7 +290,7 @@ def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] |
     try:
         client.connect()
         frames = client.stream(args.source, vid_stride=args.vid_stride, buffer=args.stream_buffer,
-                               progress=bool(args.verbose))
+                               progress=bool(args.verbose), desc=mode)
         try:
             for result in frames:
                 stream = result.record.get("stream") or 0
@@ -311,7 +312,7 @@ def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] |
         summary["save_dir"] = str(save_dir)
     if args.verbose:
         saved = f"\nResults saved to {save_dir}" if save_dir else ""
-        LOGGER.info(f"ecc-yolo detect: {format_summary(summary)}{saved}")
+        LOGGER.info(f"ecc-yolo {mode}: {format_summary(summary)}{saved}")
     return summary
 
 
