@@ -45,7 +45,7 @@ from ecc_yolo.serve.frames import Frame, FrameInput, FramePipeline
 from ecc_yolo.serve.link import CloudLink, ModelMismatchError, OffloadError
 from ecc_yolo.serve.outputs import StreamOutputs, StreamRecorder, format_summary
 from ecc_yolo.serve.protocol import SERVED_BY_ROUTE, detections_array, resolve_token
-from ecc_yolo.serve.sources import StreamSources
+from ecc_yolo.serve.sources import StreamSources, listed_sources
 
 
 @dataclass(frozen=True)
@@ -274,6 +274,9 @@ def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] |
     if fixed is not None and settings.imgsz != (fixed, fixed):
         LOGGER.info(f"{mode}: {args.model} was exported at imgsz={fixed}; using it")
         settings = dataclasses.replace(settings, imgsz=(fixed, fixed))
+    listed = listed_sources(args.source)
+    if listed:  # max_inflight holds per stream: one link serves them all
+        settings = dataclasses.replace(settings, max_inflight=settings.max_inflight * len(listed))
     if settings.route == AUTO and args.verbose:
         LOGGER.info(f"{mode}: {settings.deploy.describe()}")
     client = EdgeStreamClient(edge, settings, device=device)

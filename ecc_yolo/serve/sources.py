@@ -28,17 +28,23 @@ def source_fps(dataset: Any) -> float:
     return float(fps) if fps and fps > 0 else 30.0
 
 
+def listed_sources(source: Any) -> list[str] | None:
+    """The sources a `.streams` file lists (None: `source` is not one)."""
+    if not (isinstance(source, (str, Path)) and str(source).endswith(STREAMS_SUFFIX) and Path(source).is_file()):
+        return None
+    return [s.strip() for s in Path(source).read_text().splitlines() if s.strip()]
+
+
 class StreamSources:
     """One or several sources, read frame by frame in turn (see the module docstring)."""
 
     def __init__(self, source: Any, vid_stride: int = 1, buffer: bool = False) -> None:
         """Open `source` (anything Ultralytics' loaders read, a loader instance, or a `.streams` file)."""
         self.vid_stride = vid_stride
-        listed = isinstance(source, (str, Path)) and str(source).endswith(STREAMS_SUFFIX) and Path(source).is_file()
-        self.multi = listed
-        self.sources = [s.strip() for s in Path(source).read_text().splitlines() if s.strip()] if listed \
-            else [source]
-        if listed and not self.sources:
+        listed = listed_sources(source)
+        self.multi = listed is not None
+        self.sources = listed if listed is not None else [source]
+        if self.multi and not self.sources:
             raise ValueError(f"{source} lists no sources")
         self.datasets: dict[int, Any] = {}
         self.dead: dict[int, str] = {}  # stream -> why it stopped
