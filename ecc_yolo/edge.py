@@ -64,6 +64,7 @@ class EdgeRuntime:
     multi_exit: bool
     fingerprint: bytes
     bits: dict[int, int]  # cloud layer -> bits per transmitted value
+    max_batch: int | None = None  # frames `run` takes at once (None: any number)
 
     def run(self, x: torch.Tensor, need_latents: bool = True) -> EdgeOutputs:
         """Edge, gate (and router) outputs and the adapters' latents for a letterboxed (B, 3, H, W) batch."""
@@ -227,6 +228,8 @@ class _ExportedEdge(EdgeRuntime):
     """What the exported runtimes share: the description read back from the export, and the graph's named outputs
     turned into `EdgeOutputs`. Subclasses load the graph and implement `_infer`."""
 
+    max_batch = 1  # the graph is traced for one frame: a batch of several streams' frames runs frame by frame
+
     def _describe(self, raw: str | None, path: str | Path) -> None:
         """Take the edge's description (`edge_metadata` JSON); refuse an export that ecc-yolo did not write."""
         if raw is None:
@@ -305,9 +308,11 @@ class OpenVinoEdge(_ExportedEdge):
         return {name: result[port] for name, port in self._ports.items()}
 
 
-def load_edge(model: str | Path | ECCModel, device: torch.device | str = "cpu") -> EdgeRuntime:
+def load_edge(model: str | Path | ECCModel | EdgeRuntime, device: torch.device | str = "cpu") -> EdgeRuntime:
     """An edge runtime from an ECC model, an ECC checkpoint or zoo name, an exported .onnx edge, or an exported
-    OpenVINO edge (its folder or its .xml)."""
+    OpenVINO edge (its folder or its .xml); an edge runtime is returned as it is."""
+    if isinstance(model, EdgeRuntime):
+        return model
     if isinstance(model, ECCModel):
         return TorchEdge(model, device)
     if str(model).endswith(".onnx"):

@@ -138,3 +138,17 @@ def test_a_cue_offloads_the_streams_next_frame_whatever_the_gate_says(serving_ck
     routes = [f.route for f in client.process([frame(1, 0), frame(1, 1)])]
     assert routes == ["edge", "adapted"] and len(link.sent) == 1  # only the cued stream's frame went
     assert [f.route for f in client.process([frame(2, 0), frame(2, 1)])] == ["edge", "edge"]  # one frame per cue
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_an_export_traced_for_one_frame_reads_many_streams(serving_ckpt, videos, tmp_path, fmt):
+    """An exported edge graph takes one frame; the pipeline runs a tick's frames through it one by one."""
+    from ecc_yolo.edge import export_edge_onnx, export_edge_openvino, load_edge
+
+    model = load_ecc(serving_ckpt)[0]
+    path = (export_edge_onnx(model, tmp_path / "edge.onnx", imgsz=IMGSZ) if fmt == "onnx" else
+            export_edge_openvino(model, tmp_path / "edge_openvino_model", imgsz=IMGSZ))
+    edge = load_edge(path)
+    assert edge.max_batch == 1
+    summary, records = run(edge, tmp_path, streams_file(tmp_path / "c.streams", videos[:2]), route="edge")
+    assert summary["frames"] == len(records) == 12 + 8 and set(summary["streams"]) == {0, 1}

@@ -237,16 +237,16 @@ class EdgeStreamClient:
             self.link.close()
 
 
-def detect(args: Any, model: ECCModel | None = None, overrides: dict[str, Any] | None = None, track: bool = False
-           ) -> dict[str, Any]:
+def detect(args: Any, model: ECCModel | EdgeRuntime | None = None, overrides: dict[str, Any] | None = None,
+           track: bool = False) -> dict[str, Any]:
     """Run a whole stream (`ecc-yolo detect`, or `ecc-yolo track` with track=True): results written under
     `<project>/<name>` when save=True, summary logged and returned (with `save_dir` when something was saved).
 
     Args:
         args: validated arguments (`ecc_yolo.args.get_args`), or a dict of overrides to validate, e.g.
             `{"model": "ecc.pt", "source": "video.mp4", "cloud": "http://127.0.0.1:8000", "route": "auto"}`.
-        model: the ECC model to use instead of loading args.model (a checkpoint, zoo name, or an exported .onnx
-            edge from `ecc-yolo export`).
+        model: the ECC model (or an edge runtime, `ecc_yolo.edge.load_edge`) to use instead of loading args.model
+            (a checkpoint, zoo name, or an edge export from `ecc-yolo export`).
         overrides: the `key=value` pairs the user gave, which win over the model's deployment settings (default:
             `args` itself when it is a dict, else the keys of `args` that differ from their defaults).
         track: track objects over each stream's final answers, whichever route gave them (`args.tracker`, an

@@ -73,7 +73,7 @@ class FramePipeline:
         self.edge, self.settings, self.device = edge, settings, torch.device(device)
         self._nms = nms_settings(settings.conf, settings.iou, settings.max_det, settings.classes,
                                  settings.agnostic_nms)
-        self._max_batch = getattr(edge, "max_batch", None)  # an export fixed to one frame runs frame by frame
+        self._max_batch = edge.max_batch  # an export fixed to one frame runs frame by frame
 
     def run(self, frames: list[FrameInput], cloud_available: bool, thresholds: np.ndarray | None = None,
             force: np.ndarray | None = None) -> list[Frame]:
