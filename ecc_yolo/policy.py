@@ -7,6 +7,7 @@ ratio (evaluation at an operating point) or a `BudgetController` (a stream under
 client, the training-time validator and the benchmark's routers all call it. The rest are its building blocks:
 - `offload_mask` / `top_share_mask` / `threshold_for_ratio`: threshold, or take a share of, scores;
 - `three_way_priority` / `three_way_routes`: ECC_D+'s ranking and its JPEG-or-features choice;
+- `cheapest_payload`: ECC_D+ over payload kinds (features or a JPEG at one of several qualities), evaluated offline;
 - `exit_probabilities` / `three_exit_choice`: MEANet's exit router;
 - `BudgetController`: move the threshold online so that a stream respects an offload ratio or a bit rate.
 """
@@ -193,6 +194,46 @@ def three_way_routes(gains: np.ndarray, offloaded: np.ndarray, margin: float) ->
     prefer_cloud = gains[:, 1] - gains[:, 0] > margin
     codes[offloaded] = np.where(prefer_cloud[offloaded], ROUTE_CODES[CLOUD], ROUTE_CODES[ADAPTED])
     return codes
+
+
+def cheapest_payload(gains: np.ndarray, jpeg_deltas: np.ndarray, payload_bytes: np.ndarray,
+                     margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """ECC_D+ over payload kinds: which payload an offloaded frame is sent as, so that it goes the cheapest way that
+    gains, and the offload score of each frame.
+
+    Kinds, in order: 0 = the feature payload (the adapted route: the cloud's tail on the edge's features), 1 + j =
+    the letterboxed frame as a JPEG at the j-th quality (the full cloud on the decoded frame). Predicted gain over the
+    edge of each kind: features = the gate's adapted gain; JPEG j = the gate's cloud gain minus `jpeg_deltas[j]`, the
+    mean loss of the cloud's gain on that JPEG against the frame's own pixels (fitted on a validation split). Among
+    the kinds predicted within `margin` of the frame's best, the one with the fewest bytes for this frame wins (ties:
+    the higher predicted gain, then the lower kind). margin 0: the best predicted kind; a margin above every gap: the
+    smallest payload.
+
+    Args:
+        gains: (N, 2) the gate's predicted gains in `GATE_ROUTES` order (adapted, cloud).
+        jpeg_deltas: (Q,) per JPEG quality, what the gain loses on that JPEG.
+        payload_bytes: (N, 1 + Q) each frame's payload size per kind (what the device encodes: features, JPEG j).
+        margin: predicted gain (AP50-95) a frame may give up for fewer bytes, >= 0.
+
+    Returns:
+        kind: (N,) the chosen kind of each frame (where it goes if it is offloaded).
+        score: (N,) its best predicted gain over the kinds, the offload ranking (as `three_way_priority`).
+
+    Raises:
+        ValueError: a negative margin, or shapes that do not agree.
+    """
+    gains, deltas = np.asarray(gains, dtype=np.float64), np.asarray(jpeg_deltas, dtype=np.float64).reshape(-1)
+    payload_bytes = np.asarray(payload_bytes, dtype=np.float64)
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if gains.ndim != 2 or gains.shape[1] != 2 or payload_bytes.shape != (len(gains), 1 + len(deltas)):
+        raise ValueError(f"need gains (N, 2) and payload_bytes (N, 1 + {len(deltas)}), got {gains.shape} and "
+                         f"{payload_bytes.shape}")
+    predicted = np.column_stack([gains[:, 0], gains[:, 1:2] - deltas[None]])  # (N, 1 + Q)
+    score = predicted.max(axis=1)
+    cost = np.where(predicted >= score[:, None] - margin, payload_bytes, np.inf)
+    cheapest = cost == cost.min(axis=1, keepdims=True)
+    return np.argmax(np.where(cheapest, predicted, -np.inf), axis=1), score
 
 
 def exit_probabilities(logits: np.ndarray) -> np.ndarray:

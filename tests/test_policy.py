@@ -8,6 +8,7 @@ import pytest
 from ecc_yolo.policy import (
     Budget,
     BudgetController,
+    cheapest_payload,
     decide,
     offload_mask,
     three_exit_choice,
@@ -108,3 +109,29 @@ def test_forced_frames_are_offloaded_whatever_their_score_and_go_where_offloaded
     d = decide(exit_logits=logits, force=np.array([True, False]))
     assert d.offloaded.tolist() == [True, False]
     assert d.answered_by(EXTENSION).tolist() == [False, True]  # the unforced frame keeps its exit
+
+
+def test_cheapest_payload_sends_the_fewest_bytes_within_the_margin():
+    gains = np.array([[0.10, 0.20], [0.10, 0.20], [0.30, 0.05]])  # (adapted, cloud)
+    deltas = np.array([0.08, 0.01])  # JPEG q10 loses 0.08 of the cloud's gain, q30 0.01
+    sizes = np.array([[2600, 1300, 1800], [2600, 1300, 1800], [900, 1300, 1800]])  # features, q10, q30
+    sizes[1] = [1000, 1300, 1800]  # frame 1's features happen to be the smallest payload
+    # predicted: frame 0 and 1 (0.10, 0.12, 0.19), frame 2 (0.30, -0.03, 0.04)
+    kind, score = cheapest_payload(gains, deltas, sizes, margin=0.0)
+    assert kind.tolist() == [2, 2, 0]  # margin 0: the best predicted kind
+    np.testing.assert_allclose(score, [0.19, 0.19, 0.30])
+    kind, _ = cheapest_payload(gains, deltas, sizes, margin=0.095)
+    assert kind.tolist() == [1, 0, 0]  # q10 (0.12) and features (0.10) qualify: the smaller of each frame wins
+    kind, _ = cheapest_payload(gains, deltas, sizes, margin=0.075)
+    assert kind.tolist() == [1, 1, 0]  # features (0.10) no longer within the margin of 0.19
+    kind, _ = cheapest_payload(gains, deltas, sizes, margin=np.inf)
+    assert kind.tolist() == [1, 0, 0]  # any gain: the smallest payload
+
+
+def test_cheapest_payload_breaks_byte_ties_by_gain_and_refuses_bad_input():
+    kind, _ = cheapest_payload(np.array([[0.1, 0.3]]), np.array([0.0, 0.1]), np.array([[500, 500, 500]]), margin=1.0)
+    assert kind.tolist() == [1]  # equal bytes: the higher predicted gain (0.3 > 0.2 > 0.1)
+    with pytest.raises(ValueError, match="margin"):
+        cheapest_payload(np.zeros((1, 2)), np.zeros(1), np.ones((1, 2)), margin=-0.01)
+    with pytest.raises(ValueError, match="payload_bytes"):
+        cheapest_payload(np.zeros((2, 2)), np.zeros(2), np.ones((2, 2)), margin=0.0)
