@@ -17,7 +17,8 @@ wins over the model's own value.
 split (`calibrate`): each offloads the `offload=` share (default 0.3, `OFFLOAD_SHARE`) of the validation frames;
 ECC_D+'s margin is the largest whose curve, averaged over offload ratios 10-90% on that split, is within
 `MARGIN_TOLERANCE` of the best margin's (`fit_margin`: an offloaded frame goes the cheaper way, the features, unless
-the gate expects the JPEG to gain more than the margin over them), and the default router is the one with the highest mAP50-95 on that split at that share.
+the gate expects the JPEG to gain more than the margin over them), and the default router is the one with the
+highest mAP50-95 on that split at that share.
 A model without calibration keeps the fixed defaults (`policy.GAIN_THRESHOLD`,
 `policy.THREE_WAY_MARGIN`; MEANet: its router's most likely exit). `ecc-yolo info` prints the settings.
 """

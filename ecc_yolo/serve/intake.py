@@ -25,10 +25,10 @@ from starlette.requests import ClientDisconnect
 from ultralytics.utils import LOGGER
 
 from ecc_yolo.serve.metrics import ServerMetrics
-from ecc_yolo.serve.protocol import TIMEOUT_HEADER, RequestError
+from ecc_yolo.serve.protocol import IMAGE, TIMEOUT_HEADER, RequestError
 
 Parse = Callable[[bytearray], tuple[Hashable, Any]]  # body -> (batch key, validated item); raises RequestError
-Respond = Callable[[dict[str, Any], int, float], Response]  # (answer, batch size, seconds) -> the 200 response
+Respond = Callable[[dict[str, Any]], Response]  # the answer (with batch_size and server_ms) -> the 200 response
 ErrorBody = Callable[[RequestError], Any]  # a refusal -> its JSON body
 
 
@@ -122,6 +122,14 @@ async def until_answered(request: Request, work: Awaitable[Any], deadline: float
     raise RequestError("deadline_exceeded", "no answer before the request's deadline; retry later")
 
 
+def body_parser(engine: Any, kind: str, settings: Any) -> Parse:
+    """How a body of request kind `kind` (`protocol.IMAGE` or `protocol.FEATURES`) is validated: the engine's decoder,
+    under the settings' cap (`max_pixels` for an image, `max_body` for a feature payload)."""
+    if kind == IMAGE:
+        return lambda body: engine.parse_image(body, settings.max_pixels)
+    return lambda body: engine.parse_features(body, settings.max_body)
+
+
 class RequestGuard:
     """Runs inference requests through the steps above for one server (one admission count, one parse pool)."""
 
@@ -163,7 +171,8 @@ class RequestGuard:
     async def answer(self, request: Request, route: str, parse: Parse, respond: Respond,
                      error_body: ErrorBody = RequestError.body) -> Response:
         """Take `request` through every step; `route` labels its metrics, `parse` validates its body (on a parse
-        thread), `respond` shapes the backend's answer, `error_body` a refusal."""
+        thread), `respond` shapes the backend's answer (with its batch size and the server's milliseconds added),
+        `error_body` a refusal."""
         t0 = time.perf_counter()
         admitted = False
         try:
@@ -186,7 +195,7 @@ class RequestGuard:
             answer, batch_size = await until_answered(request, work, deadline)
             seconds = time.perf_counter() - t0
             # Built here, inside the error handling: an answer that cannot be serialised is answered as a bug.
-            response = respond(answer, batch_size, seconds)
+            response = respond({**answer, "batch_size": batch_size, "server_ms": round(seconds * 1000, 3)})
         except RequestError as e:
             self.metrics.errors.inc(e.kind)
             self.metrics.requests.inc(route, e.status)

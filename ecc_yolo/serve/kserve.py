@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +49,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ecc_yolo.serve.engine import CloudEngine
-from ecc_yolo.serve.intake import RequestGuard
+from ecc_yolo.serve.intake import RequestGuard, body_parser
 from ecc_yolo.serve.metrics import ServerMetrics
-from ecc_yolo.serve.protocol import FEATURES, IMAGE, SERVED_BY_KIND, RequestError, ServedRoute, detections_array
+from ecc_yolo.serve.protocol import SERVED_BY_KIND, SERVED_ROUTES, RequestError, ServedRoute, detections_array
 from ecc_yolo.version import __version__
 
 PREFIX = "/v2"
@@ -231,10 +231,7 @@ def add_kserve_routes(app: FastAPI, engine: CloudEngine, guard: RequestGuard, se
                       metrics: ServerMetrics) -> None:
     """Register the v2 endpoints (see the module's description) on `app`, the server of `engine` whose inference
     requests run through `guard` under `settings` (`server.ServerSettings`)."""
-    parsers: dict[str, Callable[[bytes], tuple[Hashable, Any]]] = {
-        IMAGE: lambda data: engine.parse_image(data, settings.max_pixels),
-        FEATURES: lambda data: engine.parse_features(data, settings.max_body),
-    }
+    parsers = {served.kind: body_parser(engine, served.kind, settings) for served in SERVED_ROUTES}
 
     def model_of(request: Request) -> ServedRoute:
         name, version = request.path_params["name"], request.path_params.get("version", MODEL_VERSION)
@@ -306,9 +303,8 @@ def add_kserve_routes(app: FastAPI, engine: CloudEngine, guard: RequestGuard, se
             decoded.append(decode_request(body, header_length))
             return parsers[served.kind](decoded[0].data)
 
-        def respond(answer: dict[str, Any], batch_size: int, seconds: float) -> Response:
-            full = {**answer, "batch_size": batch_size, "server_ms": round(seconds * 1000, 3)}
-            return encode_response(request.path_params["name"], full, decoded[0])
+        def respond(answer: dict[str, Any]) -> Response:
+            return encode_response(request.path_params["name"], answer, decoded[0])
 
         route = served.route if served is not None else "v2_unknown_model"
         return await guard.answer(request, route, parse, respond, error_body)

@@ -41,13 +41,10 @@ class StreamRecorder:
         """The frame's `Results` (with `.route` and `.record`), counted in the summary. `frame`: a
         `frames.Frame`; `det`: its final (N, 6) detections in its own pixels; `route`: who answered."""
         done = frame.done_at[0] if frame.done_at and route != FALLBACK else time.perf_counter()
-        self.stats["frames"] += 1
-        self.stats[route] += 1
-        self.stats["bytes"] += frame.bytes_sent
-        self.stats["sent"] += frame.future is not None
+        tally = {"frames": 1, route: 1, "bytes": frame.bytes_sent, "sent": int(frame.future is not None)}
+        self.stats.update(tally)
         if frame.stream is not None:
-            counts = self.per_stream.setdefault(frame.stream, Counter())
-            counts.update({"frames": 1, route: 1, "bytes": frame.bytes_sent, "sent": int(frame.future is not None)})
+            self.per_stream.setdefault(frame.stream, Counter()).update(tally)
         result = Results(frame.image, path=frame.path, names=self.names, boxes=torch.from_numpy(det))
         result.route = route
         result.record = {

@@ -32,12 +32,11 @@ from ecc_yolo.payload.codec import MAX_IMAGE_PIXELS
 from ecc_yolo.serve import metrics as metrics_text
 from ecc_yolo.serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
 from ecc_yolo.serve.engine import CloudEngine
-from ecc_yolo.serve.intake import RequestGuard
+from ecc_yolo.serve.intake import RequestGuard, body_parser
 from ecc_yolo.serve.kserve import add_kserve_routes
 from ecc_yolo.serve.metrics import ServerMetrics
 from ecc_yolo.serve.protocol import (
     HEALTH_PATH,
-    IMAGE,
     METRICS_PATH,
     MODEL_PATH,
     READY_PATH,
@@ -175,14 +174,10 @@ def create_app(engine: CloudEngine, backend: DetectBackend, settings: ServerSett
     guard = app.state.guard = RequestGuard(backend, settings, metrics)  # also for routes added to the app later
 
     def endpoint(served: ServedRoute):
-        parse, limit = ((engine.parse_image, settings.max_pixels) if served.kind == IMAGE else
-                        (engine.parse_features, settings.max_body))
-
-        def respond(answer: dict[str, Any], batch_size: int, seconds: float) -> JSONResponse:
-            return JSONResponse({**answer, "batch_size": batch_size, "server_ms": round(seconds * 1000, 3)})
+        parse = body_parser(engine, served.kind, settings)
 
         async def detect_route(request: Request) -> JSONResponse:
-            return await guard.answer(request, served.route, lambda body: parse(body, limit), respond)
+            return await guard.answer(request, served.route, parse, JSONResponse)
 
         detect_route.__doc__ = f"Answer a {served.kind} body with the {served.route} route."
         return detect_route

@@ -40,7 +40,6 @@ class StreamSources:
 
     def __init__(self, source: Any, vid_stride: int = 1, buffer: bool = False) -> None:
         """Open `source` (anything Ultralytics' loaders read, a loader instance, or a `.streams` file)."""
-        self.vid_stride = vid_stride
         listed = listed_sources(source)
         self.multi = listed is not None
         self.sources = listed if listed is not None else [source]
