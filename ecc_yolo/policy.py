@@ -6,7 +6,7 @@ route per frame, by a threshold (what `route=auto` does: `gate_threshold`, defau
 ratio (evaluation at an operating point) or a `BudgetController` (a stream under a budget). The predictor, the stream
 client, the training-time validator and the benchmark's routers all call it. The rest are its building blocks:
 - `offload_mask` / `top_share_mask` / `threshold_for_ratio`: threshold, or take a share of, scores;
-- `three_way_priority` / `three_way_routes`: ECC_D+'s ranking and its JPEG-or-features choice;
+- `prefers_cloud` / `three_way_priority` / `three_way_routes`: ECC_D+'s JPEG-or-features choice and ranking;
 - `cheapest_payload`: ECC_D+ over payload kinds (features or a JPEG at one of several qualities), evaluated offline;
 - `exit_probabilities` / `three_exit_choice`: MEANet's exit router;
 - `BudgetController`: move the threshold online so that a stream respects an offload ratio or a bit rate.
@@ -180,19 +180,27 @@ class StreamBudgets:
         return out
 
 
-def three_way_priority(gains: np.ndarray) -> np.ndarray:
-    """ECC_D+ offload priority of each frame: the larger of its predicted gains (adapted, cloud)."""
-    return np.asarray(gains).max(axis=1)
+def prefers_cloud(gains: np.ndarray, margin: float) -> np.ndarray:
+    """ECC_D+'s choice for each frame, were it offloaded: True = the full cloud (the device sends its JPEG), when the
+    gate expects the cloud to beat the adapted route by more than `margin` (it costs more cloud compute); False =
+    the adapted route (the device sends features)."""
+    gains = np.asarray(gains)
+    return gains[:, 1] - gains[:, 0] > margin
+
+
+def three_way_priority(gains: np.ndarray, margin: float) -> np.ndarray:
+    """ECC_D+ offload priority of each frame: the predicted gain of the route it would take (`prefers_cloud`), so
+    that a margin above every gap ranks and routes exactly as ECC_D and one below every gap exactly as ECC_I."""
+    gains = np.asarray(gains)
+    return np.where(prefers_cloud(gains, margin), gains[:, 1], gains[:, 0])
 
 
 def three_way_routes(gains: np.ndarray, offloaded: np.ndarray, margin: float) -> np.ndarray:
-    """ECC_D+: where each frame is answered (ROUTE_CODES). An offloaded frame goes to the full cloud (the device
-    sends its JPEG) when the gate expects the cloud to beat the adapted route by more than `margin` (it costs more
-    cloud compute and more bytes), otherwise to the adapted route."""
-    gains = np.asarray(gains)
+    """ECC_D+: where each frame is answered (ROUTE_CODES): offloaded frames as `prefers_cloud` says, the rest on the
+    device."""
     codes = np.zeros(len(gains), dtype=np.int64)
-    prefer_cloud = gains[:, 1] - gains[:, 0] > margin
-    codes[offloaded] = np.where(prefer_cloud[offloaded], ROUTE_CODES[CLOUD], ROUTE_CODES[ADAPTED])
+    cloud = prefers_cloud(gains, margin)
+    codes[offloaded] = np.where(cloud[offloaded], ROUTE_CODES[CLOUD], ROUTE_CODES[ADAPTED])
     return codes
 
 
@@ -217,7 +225,7 @@ def cheapest_payload(gains: np.ndarray, jpeg_deltas: np.ndarray, payload_bytes: 
 
     Returns:
         kind: (N,) the chosen kind of each frame (where it goes if it is offloaded).
-        score: (N,) its best predicted gain over the kinds, the offload ranking (as `three_way_priority`).
+        score: (N,) its best predicted gain over the kinds, the offload ranking.
 
     Raises:
         ValueError: a negative margin, or shapes that do not agree.
@@ -316,8 +324,9 @@ def decide(
         controller: a stream's budget: `controller.decide(score)` per frame (the caller then `record`s what it sent).
         offload_to: where an offloaded single-exit frame goes: "adapted" (ECC_D, score: its gain) or "cloud"
             (ECC_I, score: the cloud's gain).
-        margin: ECC_D+ (three-way): rank frames by the larger gain and send an offloaded frame to the cloud when
-            the cloud's gain beats the adapted one by more than `margin`, else to the adapted route.
+        margin: ECC_D+ (three-way): an offloaded frame goes to the cloud when the cloud's gain beats the adapted one
+            by more than `margin`, else to the adapted route; frames are ranked by the gain of the route they would
+            take (`three_way_priority`).
         force: (N,) bool, frames offloaded whatever their score (a cue from outside the gate, e.g. a tracker that
             started or lost a track); they go where an offloaded frame goes.
 
@@ -337,7 +346,7 @@ def decide(
         complex_ = complex_ | force if force is not None else complex_
         return Decision(exits_to_routes(_exits(p, complex_)), scores)
     gains = np.asarray(gains)
-    scores = three_way_priority(gains) if margin is not None else gains[:, GATE_ROUTES.index(offload_to)]
+    scores = three_way_priority(gains, margin) if margin is not None else gains[:, GATE_ROUTES.index(offload_to)]
     offloaded = _offloaded(scores, threshold, ratio, controller)
     offloaded = offloaded | force if force is not None else offloaded
     if margin is not None:

@@ -18,9 +18,11 @@ from ecc_yolo.deploy import (
     ECC_D_PLUS,
     ECC_I,
     MEANET,
+    MARGIN_SHARES,
     DeploySettings,
     calibrate,
     fit_margin,
+    fit_margins,
     model_settings,
     resolve,
 )
@@ -154,29 +156,57 @@ def test_calibration_offloads_the_share_under_every_router_and_keeps_the_best_on
     def map_of(codes):
         return 0.5 if (codes == ROUTE_CODES[CLOUD]).sum() == 60 and not (codes == ROUTE_CODES[ADAPTED]).any() else 0.1
 
-    s = calibrate(DeploySettings(), gains, logits, 0.3, "validation", margin=None, map_of=map_of)
+    s = calibrate(DeploySettings(), gains, logits, 0.3, "validation", maps_of=map_of)
     assert s.calibration["achieved"] == {r: pytest.approx(0.3) for r in (ECC_D, ECC_I, ECC_D_PLUS, MEANET)}
     for router in (ECC_D, ECC_I, ECC_D_PLUS, MEANET):
         assert replace(s, router=router).decide(gains, logits).offloaded.sum() == 60, router
     assert s.router == max(best, key=best.get) and s.calibration["map"][ECC_I] == 0.5
+    # ECC_D+: a margin per offload share, the default share's is the one it decides with
+    assert len(s.margins) == len(MARGIN_SHARES) and s.margin == s.margins["0.3"] == s.margin_at(0.31)
+    assert s.calibration["margin_fitted"] and json.loads(json.dumps(s.as_dict()))["margins"] == s.margins
 
 
-def test_the_fitted_margin_is_the_candidate_whose_routes_score_best():
+def test_a_margin_per_offload_share_and_the_users_margin_holds_at_every_share(deployed_ckpt):
+    s = DeploySettings(margin=0.03, margins={"0.1": 0.2, "0.5": 0.1, "1": -1.0})
+    assert [s.margin_at(r) for r in (0.0, 0.12, 0.45, 0.8, 1.0)] == [0.2, 0.2, 0.1, -1.0, -1.0]
+    assert DeploySettings(margin=0.03).margin_at(0.5) == 0.03  # no schedule (uncalibrated): the one margin
+    model, _ = load_ecc(deployed_ckpt)
+    model.deploy = {**MODEL_DEPLOY, "margins": {"0.1": 0.2, "0.5": 0.1}}
+    assert model_settings(model).margin_at(0.5) == 0.1
+    assert resolve(model, {"margin": 0.07}).margin_at(0.5) == 0.07
+
+
+def _gap_seeking_map(gains: np.ndarray, noise: float):
+    """maps_of for fit_margin: best when about half of the offloaded frames go to the cloud; the 50 resamples move
+    each assignment by `noise` x (its feature frames) x a fixed draw, so the standard error of the difference
+    between two margins grows with `noise` and with how many frames they send differently."""
+    z = np.random.default_rng(2).normal(size=50)
+
+    def maps_of(codes):
+        cloud, adapted = (codes == ROUTE_CODES[CLOUD]).sum(), (codes == ROUTE_CODES[ADAPTED]).sum()
+        value = -abs(cloud - adapted) / max(cloud + adapted, 1)
+        return np.concatenate([[value], value + noise * adapted * z])
+    return maps_of
+
+
+def test_the_fitted_margin_gives_up_mAP_for_features_only_within_tolerance_and_noise():
     rng = np.random.default_rng(1)
     gains = rng.normal(size=(100, 2))
     gap = gains[:, 1] - gains[:, 0]
-
-    def map_of(codes):  # best when about half of the offloaded frames go to the cloud
-        cloud, adapted = (codes == ROUTE_CODES[CLOUD]).sum(), (codes == ROUTE_CODES[ADAPTED]).sum()
-        return -abs(cloud - adapted) / max(cloud + adapted, 1)
-
-    margin = fit_margin(gains, map_of, tolerance=0.0)
-    assert np.quantile(gap, 0.2) < margin < np.quantile(gap, 0.8)
-    # within the tolerance, the cheaper features win: the largest margin that scores near the best
-    assert fit_margin(gains, map_of, tolerance=0.2) > margin
-    assert fit_margin(gains, map_of, tolerance=10.0) > gap.max()  # any score is near enough: never the JPEG
-    assert fit_margin(gains, lambda codes: -(codes == ROUTE_CODES[CLOUD]).sum()) > gap.max()  # never the JPEG
-    assert fit_margin(gains, lambda codes: -(codes == ROUTE_CODES[ADAPTED]).sum()) < gap.min()  # always the JPEG
+    best = fit_margin(gains, _gap_seeking_map(gains, 0.0), 0.5, tolerance=0.0)
+    assert np.quantile(gap, 0.2) < best < np.quantile(gap, 0.8)
+    # the split measures every difference exactly (no spread over resamples): the best candidate, whatever the
+    # tolerance
+    assert fit_margin(gains, _gap_seeking_map(gains, 0.0), 0.5, tolerance=10.0) == best
+    # differences lost in the resamples' spread: the tolerance decides, the cheaper features win within it
+    noisy = _gap_seeking_map(gains, 1.0)
+    assert fit_margin(gains, noisy, 0.5, tolerance=0.0) == best
+    assert fit_margin(gains, noisy, 0.5, tolerance=0.2) > best
+    assert fit_margin(gains, noisy, 0.5, tolerance=10.0) > gap.max()  # any score is near enough: never the JPEG
+    assert fit_margin(gains, lambda codes: -(codes == ROUTE_CODES[CLOUD]).sum(), 0.5) > gap.max()  # never the JPEG
+    assert fit_margin(gains, lambda codes: -(codes == ROUTE_CODES[ADAPTED]).sum(), 0.5) < gap.min()  # always
+    margins = fit_margins(gains, noisy, (0.2, 1.0))
+    assert set(margins) == {"0.2", "1"} and margins["1"] == fit_margin(gains, noisy, 1.0)
 
 
 def test_the_gate_stage_saves_an_operating_point_calibrated_on_the_validation_split(synth_data, tmp_path):

@@ -76,9 +76,28 @@ def test_decide_single_exit_by_threshold_ratio_and_controller():
 
 
 def test_decide_three_way_sends_the_jpeg_only_when_the_cloud_beats_features_by_the_margin():
-    gains = np.array([[0.2, 0.21], [0.01, 0.5], [0.0, 0.0], [0.3, 0.1]])
-    routes = decide(gains, ratio=0.75, margin=0.05).routes  # ranked by the larger gain: frames 1, 3, 0 offloaded
-    assert routes.tolist() == [ROUTE_CODES[ADAPTED], ROUTE_CODES[CLOUD], ROUTE_CODES[EDGE], ROUTE_CODES[ADAPTED]]
+    gains = np.array([[0.2, 0.21], [0.01, 0.5], [0.0, 0.0], [0.3, 0.1], [0.1, 0.28]])
+    # ranked by the gain of the route each would take: 0.5 (1, JPEG), 0.3 (3), 0.28 (4, JPEG), 0.2 (0), 0.0 (2)
+    routes = decide(gains, ratio=0.6, margin=0.05).routes
+    assert routes.tolist() == [ROUTE_CODES[EDGE], ROUTE_CODES[CLOUD], ROUTE_CODES[EDGE], ROUTE_CODES[ADAPTED],
+                               ROUTE_CODES[CLOUD]]
+    # frame 4 by the larger gain (0.28) would go before frame 0 as well, but as features its gain is 0.1: it is
+    # ranked by what it would get, below frame 0
+    routes = decide(gains, ratio=0.8, margin=0.2).routes
+    assert routes.tolist() == [ROUTE_CODES[ADAPTED], ROUTE_CODES[CLOUD], ROUTE_CODES[EDGE], ROUTE_CODES[ADAPTED],
+                               ROUTE_CODES[ADAPTED]]
+    assert decide(gains, ratio=0.6, margin=0.2).routes[4] == ROUTE_CODES[EDGE]
+
+
+def test_three_way_at_extreme_margins_is_exactly_ecc_d_or_ecc_i():
+    gains = np.random.default_rng(5).normal(size=(40, 2))
+    gap = gains[:, 1] - gains[:, 0]
+    for ratio in (0.1, 0.5, 1.0):
+        never = decide(gains, ratio=ratio, margin=float(gap.max()) + 1e-6)
+        always = decide(gains, ratio=ratio, margin=float(gap.min()) - 1e-6)
+        assert np.array_equal(never.routes, decide(gains, ratio=ratio, offload_to=ADAPTED).routes)
+        assert np.array_equal(always.routes, decide(gains, ratio=ratio, offload_to=CLOUD).routes)
+        assert never.offloaded.sum() == always.offloaded.sum() == round(ratio * 40)
 
 
 def test_decide_multi_exit_is_the_routers_choice_and_respects_a_ratio():

@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """Give a trained ECC checkpoint its calibrated default operating point (`ecc_yolo.deploy`) without retraining: the
-calibration stage=gate now runs at each save, applied to a checkpoint trained before it existed (the shipped zoo).
+calibration stage=gate runs at each save, applied to a checkpoint trained before it existed or re-fitted (the
+shipped zoo), with the cloud answering each frame sent to it on its JPEG, as deployed
+(`ecc_yolo.eval.benchmark.calibrate_as_sent`).
 
     python tools/calibrate_zoo.py --model ecc-synth2-q-n-160 --data runs/zoo/ecc-synth2-q-n-160/data/data.yaml \\
-        --out ecc_yolo/assets/ecc-synth2-q-n-160.pt --manifest ecc_yolo/assets/ecc-synth2-q-n-160.json
+        --cache runs/calibrate --out ecc_yolo/assets/ecc-synth2-q-n-160.pt \\
+        --manifest ecc_yolo/assets/ecc-synth2-q-n-160.json
 
 Fits on the data YAML's validation split (the zoo's own, never its test split) at `--share` (default: the
 `offload=` default, 0.3), stores the settings in the checkpoint's model and EMA, writes it to --out, and with
---manifest updates the zoo manifest's sha256/bytes and appends a `calibrate` record (command, seconds, code).
+--manifest updates the zoo manifest's sha256/bytes and appends a `calibrate` record (command, seconds, code). The
+route outputs on the split are cached in --cache (reused for the same model, data and size).
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from ecc_yolo import zoo
     from ecc_yolo.checkpoint import load_ecc
-    from ecc_yolo.deploy import OFFLOAD_SHARE, model_settings
-    from ecc_yolo.engine.validator import calibrate_operating_point
+    from ecc_yolo.deploy import OFFLOAD_SHARE
+    from ecc_yolo.eval.benchmark import calibrate_as_sent
     from ecc_yolo.zoo_pipeline import code_version
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint or zoo name")
     p.add_argument("--data", required=True, help="data YAML whose validation split calibrates")
     p.add_argument("--out", required=True, help="where the calibrated checkpoint is written (may be the input)")
+    p.add_argument("--cache", default="runs/calibrate", help="folder for the route outputs on the validation split")
     p.add_argument("--share", type=float, default=OFFLOAD_SHARE)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--manifest", default=None, help="zoo manifest to update (sha256, bytes, a calibrate record)")
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     path = zoo.resolve(opt.model) if zoo.is_zoo_name(opt.model) else Path(opt.model)
     model, _ = load_ecc(path)
-    settings = calibrate_operating_point(model, opt.data, model_settings(model).imgsz, opt.share, opt.batch)
+    settings = calibrate_as_sent(model, opt.data, opt.share, opt.cache, opt.batch)
     ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint file, not untrusted input
     for key in ("model", "ema"):
         if ckpt.get(key) is not None:

@@ -10,7 +10,7 @@ routing, 1 = the reference oracle) and gain share at 20% offload, each with a 95
 Variants: the model's own gate (trained by stage=gate); ridge and MLP regressors on the edge output cues
 (`ecc_yolo.eval.cues`: confidences, ambiguity, half-seen and small boxes); the same on the gate's outputs, the exit
 router's logits and the cues together. MLPs are fitted at three seeds. ECC_D+'s margin is fitted on the validation
-split for each variant (`ecc_yolo.deploy.fit_margin`). The routes' outputs are cached in --out (val/, test/).
+split for each variant, one per offload ratio (`ecc_yolo.deploy.fit_margins`). The routes' outputs are cached in --out (val/, test/).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     from ultralytics.utils.torch_utils import select_device
 
     from ecc_yolo.checkpoint import load_ecc
-    from ecc_yolo.deploy import fit_margin, model_settings
+    from ecc_yolo.deploy import MARGIN_RESAMPLES, MARGIN_SEED, DeploySettings, fit_margins, model_settings
     from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
     from ecc_yolo.eval.coco_eval import RouteMixEvaluator
     from ecc_yolo.eval.cues import edge_output_cues, fit_gain_model
@@ -87,16 +87,17 @@ def main(argv: list[str] | None = None) -> None:
     boot = Bootstrap(len(test_set), opt.bootstrap, 0)
     rows = []
     for name, (val_pred, test_pred) in variants.items():
-        sweep.margin = fit_margin(val_pred, lambda codes: val_ev.map(val_ev.assignment(codes))[0])
+        margins = fit_margins(val_pred, val_ev.bootstrap_maps(MARGIN_RESAMPLES, MARGIN_SEED))
+        sweep.margin = DeploySettings(margins=margins).margin_at
         test_cache.gate = np.asarray(test_pred, dtype=np.float64)
         for router in SCORED:
             curves[router] = sweep.curve(router, RATIOS)
         scores = score_routers(curves, sweep, boot)
-        row = {"variant": name, "ecc_d_plus_margin": sweep.margin}
+        row = {"variant": name, "ecc_d_plus_margins": margins}
         for router in SCORED:
             row[router] = {k: scores[router][k].as_dict() for k in
                            ("normalised_score", "gain_share_at_0.2", "gain_share_vs_oracle_at_0.2")}
-            jpeg_share = [float(np.mean(decide(test_cache.gate, ratio=r, margin=sweep.margin).routes
+            jpeg_share = [float(np.mean(decide(test_cache.gate, ratio=r, margin=sweep.margin_at(r)).routes
                                           == ROUTE_CODES[CLOUD]))
                           for r in RATIOS] if router == "ECC_D+" else None
             if jpeg_share is not None:

@@ -32,7 +32,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import LOGGER, ops
 
 from ecc_yolo.args import all_defaults, check_ecc_values, default_project, split_args
-from ecc_yolo.deploy import DeploySettings, calibrate, fit_margin, model_settings
+from ecc_yolo.deploy import MARGIN_RESAMPLES, MARGIN_SEED, DeploySettings, calibrate, model_settings
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import from_boxes
 from ecc_yolo.infer import VALIDATION_NMS, detections, route_end2end
@@ -160,13 +160,12 @@ class ECCValidator(DetectionValidator):
 
     def operating_point(self, share: float) -> DeploySettings:
         """The model's deployment settings calibrated on this validation's frames (`ecc_yolo.deploy`): thresholds
-        that offload `share` of them under each router, ECC_D+'s margin fitted on their mAP, and the router with the
+        that offload `share` of them under each router, ECC_D+'s margins fitted on their mAP, and the router with the
         best mAP there as the default (the cloud answers here on the frames' own pixels, not their JPEG)."""
         gains = torch.cat(self.gate_scores).numpy().astype(np.float64)
         logits = torch.cat(self.router_logits).numpy() if self.router_logits else None
-        map_of = lambda codes: self.routed_map(codes)[0]
-        return calibrate(model_settings(self.ecc), gains, logits, share, "validation", fit_margin(gains, map_of),
-                         map_of)
+        maps_of = self.evaluator.bootstrap_maps(MARGIN_RESAMPLES, MARGIN_SEED)
+        return calibrate(model_settings(self.ecc), gains, logits, share, "validation", maps_of)
 
     def routed_map(self, answered_by: np.ndarray) -> tuple[float, float]:
         """(mAP50-95, mAP50), in `RouteMixEvaluator.map`'s order, of the system that answers image i by route code
@@ -188,14 +187,3 @@ class ECCValidator(DetectionValidator):
         lines += [f"{name:>28}{m50:>11.3g}{m:>11.3g}" for name, (m50, m) in summary.items()]
         LOGGER.info("\n".join(lines))
 
-
-def calibrate_operating_point(model: ECCModel, data: str, imgsz: int, share: float, batch: int = 32,
-                              device: str = "cpu") -> DeploySettings:
-    """Fit a trained model's default operating point on `data`'s validation split, as stage=gate does at each save
-    (`ECCValidator.operating_point`); the model itself is not changed (a copy is validated)."""
-    from copy import deepcopy
-
-    validator = ECCValidator(args={"data": data, "imgsz": imgsz, "batch": batch, "device": device, "stage": "gate",
-                                   "offload": share, "plots": False, "save_json": False, "verbose": False})
-    validator(model=deepcopy(model).float())
-    return validator.operating_point(share)

@@ -19,7 +19,17 @@ import numpy as np
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import select_device
 
-from ecc_yolo.deploy import ECC_D, ECC_D_PLUS, ECC_I, MEANET, DeploySettings, model_settings
+from ecc_yolo.deploy import (
+    ECC_D,
+    ECC_D_PLUS,
+    ECC_I,
+    MARGIN_RESAMPLES,
+    MARGIN_SEED,
+    MEANET,
+    DeploySettings,
+    calibrate,
+    model_settings,
+)
 from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import load_dataset
@@ -111,7 +121,7 @@ def evaluate(
     LOGGER.info("Sweeping routers over offload ratios (pycocotools mAP)...")
     evaluator = RouteMixEvaluator(dataset, cache.detections, answered_as=ANSWERED_AS)
     deploy = model_settings(model)
-    sweep = RouterSweep(cache, evaluator, margin=deploy.margin, seeds=seeds)
+    sweep = RouterSweep(cache, evaluator, margin=deploy.margin_at, seeds=seeds)
     curves = sweep.all_curves(RATIOS)
     LOGGER.info(f"Bootstrap: {bootstrap} image resamples...")
     start = time.time()
@@ -316,7 +326,8 @@ def three_way_summary(curves: dict, sweep: RouterSweep, boot: Bootstrap) -> dict
     d, i, dp = (sweep.curve_samples(r, boot) for r in (ECC_D, ECC_I, ECC_D_PLUS))
     diff = dp - np.maximum(d, i)  # (1 + B, ratios)
     ratios = [p.ratio for p in curves[ECC_D_PLUS]]
-    per_ratio = [{"ratio": r, **boot.estimate(diff[0, k], diff[1:, k] if boot.resamples else None).as_dict()}
+    per_ratio = [{"ratio": r, "margin": sweep.margin_at(r),
+                  **boot.estimate(diff[0, k], diff[1:, k] if boot.resamples else None).as_dict()}
                  for k, r in enumerate(ratios)]
     below = [p["ratio"] for p in per_ratio if (p["ci"][1] if p["ci"] else p["value"]) < 0]
     shares = {EDGE: [1 - p.adapted_share - p.cloud_share for p in curves[ECC_D_PLUS]],
@@ -342,7 +353,27 @@ def default_operating_point(deploy: DeploySettings, cache, evaluator: RouteMixEv
             "route_shares": {r: float(decision.answered_by(r).mean()) for r in ROUTE_CODES},
             "map": evaluator.map(evaluator.assignment(decision.routes))[0],
         }
-    return {"router": deploy.router, "margin": deploy.margin, "calibration": deploy.calibration, "routers": routers}
+    return {"router": deploy.router, "margin": deploy.margin, "margins": deploy.margins,
+            "calibration": deploy.calibration, "routers": routers}
+
+
+def calibrate_as_sent(model: ECCModel, data: str, share: float, out: str | Path, batch: int = 32,
+                      device: str = "cpu", progress: bool = True) -> DeploySettings:
+    """A trained model's deployment settings calibrated on `data`'s validation split (`ecc_yolo.deploy.calibrate`)
+    from the benchmark's route outputs (cached in `out`), so that a frame sent to the cloud is answered on its JPEG
+    as the device sends it; stage=gate calibrates at each save from its validation instead, on the frames' own
+    pixels. The model is not changed."""
+    deploy = model_settings(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(data, model.names)
+    cache = load_cached(out, cache_meta(model, dataset, deploy.imgsz))
+    if cache is None:
+        cache = run_routes(model, dataset, deploy.imgsz, batch, select_device(device, verbose=False), progress)
+        cache.save(out)
+    evaluator = RouteMixEvaluator(dataset, cache.detections, answered_as=ANSWERED_AS)
+    return calibrate(deploy, cache.gate.astype(np.float64), cache.router, share, "validation",
+                     evaluator.bootstrap_maps(MARGIN_RESAMPLES, MARGIN_SEED))
 
 
 def equal_compute_weights(x: np.ndarray, xp: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ecc_yolo.eval.dataset import EvalDataset
+from ecc_yolo.eval.stats import Bootstrap
 from ecc_yolo.routes import EDGE, ROUTE_CODES
 
 
@@ -281,6 +283,14 @@ class RouteMixEvaluator:
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.stack([ap / categories, ap50 / categories], axis=1)
         return np.where(categories[:, None] > 0, out, 0.0)
+
+    def bootstrap_maps(self, resamples: int, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+        """A function of route codes (`ROUTE_CODES`, one per dataset image) -> (1 + resamples,) mAP50-95 of that mix:
+        on all images, then on each of `resamples` seeded bootstrap resamples of them (`Bootstrap`'s draws, the same
+        for every call, so that differences between calls are paired; `ecc_yolo.deploy.fit_margin`)."""
+        n = len(self.dataset)
+        counts = np.vstack([np.ones(n, dtype=np.int64), Bootstrap(n, resamples, seed).counts])
+        return lambda codes: self.resampled_maps(self.assignment(codes), counts)[:, 0]
 
     def fast_map(self, assignment: np.ndarray, image_subset: np.ndarray | None = None,
                  resample: np.ndarray | None = None) -> tuple[float, float]:

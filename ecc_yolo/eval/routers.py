@@ -7,7 +7,7 @@ Each router ranks frames for offloading and says where an offloaded frame goes:
 |---|---|---|
 | ECC_I | the gate's predicted cloud gain | the full cloud (the device sends the JPEG) |
 | ECC_D | the gate's predicted adapted gain | the adapted route (the device sends features) |
-| ECC_D+ | the larger predicted gain | the cloud if its predicted gain beats the adapted one by `margin`, else adapted |
+| ECC_D+ | the predicted gain of the route it would take | the cloud if its predicted gain beats the adapted one by the margin (the model's at that ratio, `DeploySettings.margin_at`), else adapted |
 | oracle_I / oracle_D / oracle_D+ (greedy oracle) | each image's isolated true gain: how much the dataset's mAP50-95 rises when that image alone is answered by the route | as above, with true gains |
 | refined_oracle_* | the greedy oracle's set, then local search at each ratio: frames near the cut are swapped when the whole-set mAP of the mix rises (`refine_rounds` rounds, `refine_window` frames each side) | as above |
 | best_oracle_* (reference oracle) | per ratio, the better of the greedy and the refined oracle | as above |
@@ -25,6 +25,7 @@ tail for adapted frames, the whole cloud for JPEG frames), their total, bytes se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -79,14 +80,16 @@ def oracle_keys(target: str) -> tuple[str, str, str]:
 class RouterSweep:
     """Curves of every router over a cached run."""
 
-    def __init__(self, cache: RouteCache, evaluator: RouteMixEvaluator, margin: float = THREE_WAY_MARGIN,
+    def __init__(self, cache: RouteCache, evaluator: RouteMixEvaluator,
+                 margin: float | Callable[[float], float] = THREE_WAY_MARGIN,
                  seeds: int = 5, refine_rounds: int = REFINE_ROUNDS, refine_window: int = REFINE_WINDOW):
         """Prepare to score routers (the oracles' true gains are computed on first use).
 
         Args:
             cache: the cached run.
             evaluator: pycocotools evaluator over the cache's detections.
-            margin: ECC_D+ sends the JPEG only when the cloud's predicted gain beats the adapted one by this much.
+            margin: ECC_D+ sends the JPEG only when the cloud's predicted gain beats the adapted one by this much;
+                or a function of the offload ratio that gives it (`DeploySettings.margin_at`).
             seeds: random orders averaged for the random routers.
             refine_rounds: local-search rounds of the refined oracle per ratio (0: refined = greedy).
             refine_window: frames on each side of the cut the refined oracle tries per round. One round at one ratio
@@ -117,9 +120,13 @@ class RouterSweep:
         else:
             gains = self.cache.gate if router.startswith("ECC") else self.true_gain
         if router in (ECC_D_PLUS, "oracle_D+"):
-            return decide(gains, ratio=ratio, margin=self.margin if router == ECC_D_PLUS else 0.0).routes
+            return decide(gains, ratio=ratio, margin=self.margin_at(ratio) if router == ECC_D_PLUS else 0.0).routes
         target = CLOUD if router in (ECC_I, "oracle_I", "random_I") else ADAPTED
         return decide(gains, ratio=ratio, offload_to=target).routes
+
+    def margin_at(self, ratio: float) -> float:
+        """ECC_D+'s margin at an offload ratio."""
+        return float(self.margin(ratio)) if callable(self.margin) else float(self.margin)
 
     def point(self, router: str, assignment: np.ndarray, ratio: float) -> CurvePoint:
         """Score one assignment: pycocotools mAP and mean costs per frame."""
