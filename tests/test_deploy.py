@@ -268,3 +268,20 @@ def test_route_auto_on_the_shipped_zoo_offloads_its_calibrated_share_of_a_new_vi
     assert abs(shares["default"] - s.calibration["offload_share"]) <= 0.10, shares
     assert shares["lower threshold"] > shares["default"] + 0.05, shares
     assert abs(shares["budget"] - 0.6) <= 0.1, shares
+
+
+def test_a_trained_model_is_calibrated_from_the_benchmarks_route_outputs(serving_ckpt, synth_data, tmp_path,
+                                                                           monkeypatch):
+    """tools/calibrate_zoo.py's path: the cloud answers on the JPEG as sent, the route outputs cached and reused."""
+    from ecc_yolo.eval import benchmark
+
+    model, _ = load_ecc(serving_ckpt)
+    s = benchmark.calibrate_as_sent(model, str(synth_data), 0.33, tmp_path / "cal", batch=8, progress=False)
+    assert s.calibration["split"] == "validation" and s.calibration["images"] == 24
+    assert s.calibration["offload_share"] == 0.33 and s.calibration["margin_fitted"]
+    assert len(s.margins) == len(MARGIN_SHARES) + 1 and s.margin == s.margins["0.33"]  # 0.33 is not on the grid
+    assert s.calibration["map"][ECC_I] > 0  # the routers were scored (a JPEG-answered mix, not an empty one)
+    assert (tmp_path / "cal" / "cache.npz").is_file()
+    monkeypatch.setattr(benchmark, "run_routes", lambda *a, **k: pytest.fail("the cached route outputs were not reused"))
+    again = benchmark.calibrate_as_sent(model, str(synth_data), 0.33, tmp_path / "cal", batch=8, progress=False)
+    assert again == s
