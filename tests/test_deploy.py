@@ -17,8 +17,8 @@ from ecc_yolo.deploy import (
     ECC_D,
     ECC_D_PLUS,
     ECC_I,
-    MEANET,
     MARGIN_SHARES,
+    MEANET,
     DeploySettings,
     calibrate,
     fit_margin,
@@ -282,6 +282,7 @@ def test_a_trained_model_is_calibrated_from_the_benchmarks_route_outputs(serving
     assert len(s.margins) == len(MARGIN_SHARES) + 1 and s.margin == s.margins["0.33"]  # 0.33 is not on the grid
     assert s.calibration["map"][ECC_I] > 0  # the routers were scored (a JPEG-answered mix, not an empty one)
     assert (tmp_path / "cal" / "cache.npz").is_file()
-    monkeypatch.setattr(benchmark, "run_routes", lambda *a, **k: pytest.fail("the cached route outputs were not reused"))
+    monkeypatch.setattr(benchmark, "run_routes",
+                        lambda *a, **k: pytest.fail("the cached route outputs were not reused"))
     again = benchmark.calibrate_as_sent(model, str(synth_data), 0.33, tmp_path / "cal", batch=8, progress=False)
     assert again == s

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--record", default=None)
+    p.add_argument("--seed", type=int, default=VIDEO_SEED, help="seed of the first video (the second: seed + 1)")
     opt = p.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     out = Path(opt.out)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     schedules = {"validation mix (50/30/20)": [(6, d) for d in np.random.default_rng(0).permutation(mix * 3)],
                  "default video (a third each)": None}
     videos = {name: generate_video(out / f"video{i}.mp4", frames=VIDEO_FRAMES, fps=15, imgsz=settings.imgsz,
-                                   seed=VIDEO_SEED + i, schedule=schedule, progress=False)
+                                   seed=opt.seed + i, schedule=schedule, progress=False)
               for i, (name, schedule) in enumerate(schedules.items())}
     rows = []
     with BackgroundServer(build_app(CloudEngine(model, imgsz=settings.imgsz), ServerSettings())) as server:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                              "seconds": round(time.time() - start, 1)})
                 print(f"[operating point] {video_name}, {router}: offloaded {s['offload_ratio']:.1%}")
     result = {"model": str(opt.model), "default_router": settings.router, "calibration": settings.calibration,
-              "margin": settings.margin, "frames": VIDEO_FRAMES, "rows": rows}
+              "margin": settings.margin, "frames": VIDEO_FRAMES, "seed": opt.seed, "rows": rows}
     (out / "operating_point.json").write_text(json.dumps(result, indent=1))
     if opt.record:
         Path(opt.record).write_text(json.dumps(result, indent=1))

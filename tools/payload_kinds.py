@@ -9,8 +9,8 @@ features (the adapted route) or as its letterboxed JPEG at one of several qualit
 Fitted on the validation split only (the val split of --val): the per-quality deltas (mean over images of the
 cloud's per-image gain on pixels minus its gain on that JPEG, `RouteMixEvaluator.marginal_gains`) and the margin
 (the tolerance rule ECC_D+'s margin had when this was measured: the largest candidate whose mAP averaged over offload
-ratios 10-90%, `RULE_RATIOS`, is within `MARGIN_TOLERANCE` of the best candidate's; a second curve takes the margin by the same rule on
-mAP at equal bytes per frame). Reported on the test split (the val split of --test) with 95% bootstrap intervals over
+ratios 10-90%, `RULE_RATIOS`, is within `MARGIN_TOLERANCE` of the best candidate's; a second curve takes the margin by
+the same rule on mAP at equal bytes per frame). Reported on the test split (the val split of --test) with 95% bootstrap intervals over
 images, against ECC_D (features), ECC_I at each JPEG quality, the shipped ECC_D+ (features or the q30 JPEG, the
 model's calibrated margin), random routing and the edge, on mAP vs bytes and vs cloud GFLOPs per frame. Every route's outputs are cached under --out/<split>/ (cache.npz:
 `run_routes`; rate.npz: the cloud on the decoded JPEG at each quality, `rate_curve`), so a rerun only re-sweeps.
@@ -217,8 +217,8 @@ def margin_candidates(gate: np.ndarray, deltas: np.ndarray) -> list[float]:
 def fit_kind_margin(sweep: Sweep, gate: np.ndarray, deltas: np.ndarray, ratios: np.ndarray
                     ) -> tuple[dict[str, float], list[dict]]:
     """The margin, on the validation split, by two objectives, each with the product's tolerance rule
-    (ECC_D+'s when section 5l was measured): of `margin_candidates`, the largest whose figure is within `MARGIN_TOLERANCE` of
-    the best candidate's.
+    (ECC_D+'s when section 5l was measured): of `margin_candidates`, the largest whose figure is within
+    `MARGIN_TOLERANCE` of the best candidate's.
 
     - "tolerance" (the product's): mAP averaged over offload ratios `RULE_RATIOS` (mAP at equal offload ratio);
     - "bytes": mAP averaged over an even grid of bytes per frame from 0 to the smallest of the candidates' largest

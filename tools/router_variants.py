@@ -10,7 +10,8 @@ routing, 1 = the reference oracle) and gain share at 20% offload, each with a 95
 Variants: the model's own gate (trained by stage=gate); ridge and MLP regressors on the edge output cues
 (`ecc_yolo.eval.cues`: confidences, ambiguity, half-seen and small boxes); the same on the gate's outputs, the exit
 router's logits and the cues together. MLPs are fitted at three seeds. ECC_D+'s margin is fitted on the validation
-split for each variant, one per offload ratio (`ecc_yolo.deploy.fit_margins`). The routes' outputs are cached in --out (val/, test/).
+split for each variant, one per offload ratio (`ecc_yolo.deploy.fit_margins`). The routes' outputs are cached in
+--out (val/, test/).
 """
 
 from __future__ import annotations

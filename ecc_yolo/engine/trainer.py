@@ -199,12 +199,16 @@ class ECCTrainer(DetectionTrainer):
     def save_model(self):
         """Ultralytics' checkpoints, plus weights/last_state.pt with the exact training state of this epoch; at
         stage=cloud the adapted route's tail copy saved equal to the trained cloud's tail; at stage=gate/joint the
-        default operating point calibrated on this epoch's validation (`ECCValidator.operating_point`)."""
+        default operating point calibrated on this epoch's validation (`ECCValidator.operating_point`) when the
+        epoch is the best so far or the last."""
         if self.stage_spec.syncs_tail_copy:
             for model in (self.model, self.ema.ema):
                 find_ecc(unwrap_model(model)).sync_tail_copy()
-        if self.stage_spec.calibrates_operating_point and getattr(self.validator, "gate_scores", None):
-            # the default operating point, fitted on this epoch's validation of the EMA model that is saved next
+        # the default operating point, fitted on this epoch's validation of the EMA model that is saved next, when it
+        # becomes best.pt or at the last epoch (ECC_D+'s margins cost a bootstrap per share: about half a minute on
+        # 300 images, growing with the split); last.pt keeps the latest fitted settings in between
+        due = self.fitness == self.best_fitness or self.epoch + 1 >= self.epochs or getattr(self, "stop", False)
+        if self.stage_spec.calibrates_operating_point and getattr(self.validator, "gate_scores", None) and due:
             settings = self.validator.operating_point(self.args.offload).as_dict()
             for model in (self.model, self.ema.ema):
                 find_ecc(unwrap_model(model)).deploy = settings
