@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     from ecc_yolo.eval.routers import RATIOS, RouterSweep, score_routers
     from ecc_yolo.eval.stats import Bootstrap
     from ecc_yolo.policy import decide
-    from ecc_yolo.routes import ANSWERED_AS, CLOUD, EDGE, ROUTE_CODES
+    from ecc_yolo.routes import ADAPTED, ANSWERED_AS, CLOUD, EDGE, ROUTE_CODES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--record", default=None)
     p.add_argument("--mlp-seeds", type=int, nargs="*", default=list(SEEDS),
                    help="seeds of the MLP variants (none: ridge only; each variant fits its margins, minutes on CPU)")
+    p.add_argument("--gain-chunk", type=int, default=None,
+                   help="fit to true gains measured within groups of this many fitting images (default: the whole "
+                        "split; an image's isolated gain grows with the split's size, docs/BENCHMARKS.md 5j)")
     opt = p.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     start = time.time()
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
 
     _, val_cache, val_ev, val_x = split(opt.val, "val")
     test_set, test_cache, test_ev, test_x = split(opt.test, "test")
-    val_gain = RouterSweep(val_cache, val_ev).true_gain
+    val_gain = (RouterSweep(val_cache, val_ev).true_gain if opt.gain_chunk is None else
+                np.stack([val_ev.marginal_gains(route, chunk=opt.gain_chunk) for route in (ADAPTED, CLOUD)], 1))
     shipped_test_gate, shipped_val_gate = test_cache.gate.copy(), val_cache.gate.copy()
     variants = {"gate (stage=gate)": (shipped_val_gate, shipped_test_gate)}
     for inputs in ("cues", "gate+cues"):
@@ -109,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(f"[variants] {name}: " + ", ".join(f"{r} {row[r]['normalised_score']['value']:.3f}" for r in SCORED))
     oracle = {k: scores[k]["gain_share_at_0.2"].as_dict() for k in scores if k.startswith("best_oracle")}
-    result = {"model": str(opt.model), "val": opt.val, "test": opt.test, "images": {"val": len(val_cache.gate),
-              "test": len(test_set)}, "bootstrap": opt.bootstrap, "oracle_gain_share_at_0.2": oracle,
+    result = {"model": str(opt.model), "val": opt.val, "test": opt.test, "gain_chunk": opt.gain_chunk,
+              "images": {"val": len(val_cache.gate), "test": len(test_set)}, "bootstrap": opt.bootstrap,
+              "oracle_gain_share_at_0.2": oracle,
               "variants": rows, "seconds": round(time.time() - start, 1)}
     (out / "router_variants.json").write_text(json.dumps(result, indent=1))
     if opt.record:
