@@ -273,7 +273,7 @@ def test_route_auto_on_the_shipped_zoo_offloads_its_calibrated_share_of_a_new_vi
 def test_a_trained_model_is_calibrated_from_the_benchmarks_route_outputs(serving_ckpt, synth_data, tmp_path,
                                                                            monkeypatch):
     """tools/calibrate_zoo.py's path: the cloud answers on the JPEG as sent, the route outputs cached and reused."""
-    from ecc_yolo.eval import benchmark
+    from ecc_yolo.eval import benchmark, cache
 
     model, _ = load_ecc(serving_ckpt)
     s = benchmark.calibrate_as_sent(model, str(synth_data), 0.33, tmp_path / "cal", batch=8, progress=False)
@@ -282,7 +282,7 @@ def test_a_trained_model_is_calibrated_from_the_benchmarks_route_outputs(serving
     assert len(s.margins) == len(MARGIN_SHARES) + 1 and s.margin == s.margins["0.33"]  # 0.33 is not on the grid
     assert s.calibration["map"][ECC_I] > 0  # the routers were scored (a JPEG-answered mix, not an empty one)
     assert (tmp_path / "cal" / "cache.npz").is_file()
-    monkeypatch.setattr(benchmark, "run_routes",
+    monkeypatch.setattr(cache, "run_routes",
                         lambda *a, **k: pytest.fail("the cached route outputs were not reused"))
     again = benchmark.calibrate_as_sent(model, str(synth_data), 0.33, tmp_path / "cal", batch=8, progress=False)
     assert again == s

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ecc_yolo.checkpoint import load_ecc
     from ecc_yolo.deploy import MARGIN_RESAMPLES, MARGIN_SEED, DeploySettings, fit_margins, model_settings
-    from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
+    from ecc_yolo.eval.cache import cached_routes
     from ecc_yolo.eval.coco_eval import RouteMixEvaluator
     from ecc_yolo.eval.cues import edge_output_cues, fit_gain_model
     from ecc_yolo.eval.dataset import load_dataset
@@ -64,12 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def split(data: str, name: str):
         dataset = load_dataset(data, model.names)
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        cache = load_cached(folder, cache_meta(model, dataset, imgsz))
-        if cache is None:
-            cache = run_routes(model, dataset, imgsz, 32, select_device("cpu", verbose=False))
-            cache.save(folder)
+        cache = cached_routes(model, dataset, imgsz, 32, select_device("cpu", verbose=False), out / name)
         shapes = {img["id"]: (img["height"], img["width"]) for img in dataset.coco["images"]}
         cues = edge_output_cues(cache.detections[EDGE], [shapes[i] for i in dataset.image_ids])
         inputs = {"cues": cues, "gate+cues": np.hstack([cache.gate, *([cache.router] if cache.router is not None

@@ -30,7 +30,7 @@ from ecc_yolo.deploy import (
     calibrate,
     model_settings,
 )
-from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
+from ecc_yolo.eval.cache import cached_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import load_dataset
 from ecc_yolo.eval.rate import choose_quality, plot_rate_curve, rate_curve, write_rate_csv
@@ -111,13 +111,8 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(data, model.names, max_images)
-    cache = load_cached(out, cache_meta(model, dataset, imgsz))
     torch_device = select_device(device, verbose=False)
-    if cache is None:
-        cache = run_routes(model, dataset, imgsz, batch, torch_device, progress)
-        cache.save(out)
-    else:
-        LOGGER.info(f"Reusing the cached model outputs in {out} (same model, data and imgsz)")
+    cache = cached_routes(model, dataset, imgsz, batch, torch_device, out, progress)
     LOGGER.info("Sweeping routers over offload ratios (pycocotools mAP)...")
     evaluator = RouteMixEvaluator(dataset, cache.detections, answered_as=ANSWERED_AS)
     deploy = model_settings(model)
@@ -364,13 +359,8 @@ def calibrate_as_sent(model: ECCModel, data: str, share: float, out: str | Path,
     as the device sends it; stage=gate calibrates at each save from its validation instead, on the frames' own
     pixels. The model is not changed."""
     deploy = model_settings(model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(data, model.names)
-    cache = load_cached(out, cache_meta(model, dataset, deploy.imgsz))
-    if cache is None:
-        cache = run_routes(model, dataset, deploy.imgsz, batch, select_device(device, verbose=False), progress)
-        cache.save(out)
+    cache = cached_routes(model, dataset, deploy.imgsz, batch, select_device(device, verbose=False), out, progress)
     evaluator = RouteMixEvaluator(dataset, cache.detections, answered_as=ANSWERED_AS)
     return calibrate(deploy, cache.gate.astype(np.float64), cache.router, share, "validation",
                      evaluator.bootstrap_maps(MARGIN_RESAMPLES, MARGIN_SEED))

@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from ultralytics.utils import TQDM
+from ultralytics.utils import LOGGER, TQDM
 
 from ecc_yolo.costs import ecc_costs
 from ecc_yolo.eval.dataset import EvalDataset
@@ -106,6 +106,21 @@ def load_cached(folder: Path, meta: dict[str, Any]) -> RouteCache | None:
     except (OSError, ValueError, KeyError):
         return None
     return cache if cache.meta == meta else None
+
+
+def cached_routes(model: ECCModel, dataset: EvalDataset, imgsz: int, batch: int, device: torch.device,
+                  folder: str | Path, progress: bool = True) -> RouteCache:
+    """Every route's outputs on `dataset`: the cache in `folder` when it was made for exactly this model, dataset and
+    settings (`load_cached`), else `run_routes`, saved there for the next run."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = load_cached(folder, cache_meta(model, dataset, imgsz))
+    if cache is not None:
+        LOGGER.info(f"Reusing the cached model outputs in {folder} (same model, data and imgsz)")
+        return cache
+    cache = run_routes(model, dataset, imgsz, batch, device, progress)
+    cache.save(folder)
+    return cache
 
 
 @torch.no_grad()

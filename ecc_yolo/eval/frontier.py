@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from ultralytics.utils.torch_utils import select_device
 
-from ecc_yolo.eval.cache import cache_meta, load_cached, run_routes
+from ecc_yolo.eval.cache import cached_routes
 from ecc_yolo.eval.coco_eval import RouteMixEvaluator
 from ecc_yolo.eval.dataset import load_dataset
 from ecc_yolo.eval.routers import RouterSweep
@@ -44,13 +44,8 @@ def design_point(model: ECCModel, data: str | Path, out: str | Path, imgsz: int,
                  progress: bool = True) -> dict[str, Any]:
     """Measure one design point on `data`'s evaluation split (see the module docstring); the routes' outputs are
     cached in `out` (a re-run with the same model, data and size only re-scores them)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(data, model.names)
-    cache = load_cached(out, cache_meta(model, dataset, imgsz))
-    if cache is None:
-        cache = run_routes(model, dataset, imgsz, batch, select_device(device, verbose=False), progress)
-        cache.save(out)
+    cache = cached_routes(model, dataset, imgsz, batch, select_device(device, verbose=False), out, progress)
     evaluator = RouteMixEvaluator(dataset, {r: cache.detections[r] for r in POINT_ROUTES})
     boot = Bootstrap(len(dataset), bootstrap, seed)
     sweep = RouterSweep(cache, evaluator)
