@@ -150,7 +150,7 @@ def codec_rate_summary(model: ECCModel, dataset, imgsz: int, batch: int, device,
     points = rate_curve(model, dataset, imgsz, device, batch, progress=progress)
     routes = {ADAPTED: cache.detections[ADAPTED], **{p.key: p.detections for p in points}}
     evaluator = RouteMixEvaluator(dataset, routes)
-    counts = np.vstack([np.ones(len(dataset), dtype=np.int64), boot.counts])
+    counts = boot.counts_with_all
     adapted = evaluator.resampled_maps(np.zeros(len(dataset), dtype=np.int64), counts)[:, 0]
     rows = []
     for i, p in enumerate(points, 1):

@@ -288,8 +288,7 @@ class RouteMixEvaluator:
         """A function of route codes (`ROUTE_CODES`, one per dataset image) -> (1 + resamples,) mAP50-95 of that mix:
         on all images, then on each of `resamples` seeded bootstrap resamples of them (`Bootstrap`'s draws, the same
         for every call, so that differences between calls are paired; `ecc_yolo.deploy.fit_margin`)."""
-        n = len(self.dataset)
-        counts = np.vstack([np.ones(n, dtype=np.int64), Bootstrap(n, resamples, seed).counts])
+        counts = Bootstrap(len(self.dataset), resamples, seed).counts_with_all
         return lambda codes: self.resampled_maps(self.assignment(codes), counts)[:, 0]
 
     def fast_map(self, assignment: np.ndarray, image_subset: np.ndarray | None = None,

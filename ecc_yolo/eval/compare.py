@@ -33,8 +33,7 @@ def paired_route_difference(dataset: EvalDataset, reference: RouteCache, variant
     evaluator = RouteMixEvaluator(dataset, {"reference": reference.detections[route],
                                             "variant": variant.detections[route]})
     n = len(dataset)
-    counts = np.vstack([np.ones(n, dtype=np.int64), boot.counts])  # row 0: every image once (the point figure)
-    ref, var = (evaluator.resampled_maps(np.full(n, i), counts)[:, 0] for i in range(2))
+    ref, var = (evaluator.resampled_maps(np.full(n, i), boot.counts_with_all)[:, 0] for i in range(2))
     return {
         "route": route,
         "reference": boot.estimate(ref[0], ref[1:]).as_dict(),

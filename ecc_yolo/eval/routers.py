@@ -274,8 +274,8 @@ class RouterSweep:
         for c in codes:
             key = c.tobytes()
             if key not in self._samples:
-                counts = np.vstack([np.ones(self.n, dtype=np.int64), boot.counts])
-                self._samples[key] = self.evaluator.resampled_maps(self.evaluator.assignment(c), counts)[:, 0]
+                self._samples[key] = self.evaluator.resampled_maps(self.evaluator.assignment(c),
+                                                                   boot.counts_with_all)[:, 0]
             out.append(self._samples[key])
         return np.mean(out, axis=0)
 
@@ -283,9 +283,8 @@ class RouterSweep:
         """(1 + B,) mAP50-95 of one evaluated route on every image (`route_map`'s figure), then per resample."""
         key = ("route", route)
         if key not in self._samples:
-            counts = np.vstack([np.ones(self.n, dtype=np.int64), boot.counts])
             everywhere = np.full(self.n, self.evaluator.routes.index(route))
-            self._samples[key] = self.evaluator.resampled_maps(everywhere, counts)[:, 0]
+            self._samples[key] = self.evaluator.resampled_maps(everywhere, boot.counts_with_all)[:, 0]
         return self._samples[key]
 
     def curve_samples(self, router: str, boot: Bootstrap, seeds: int | None = None) -> np.ndarray:

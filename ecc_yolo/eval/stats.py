@@ -12,6 +12,7 @@ the intervals say how much the figures depend on which images were drawn, not ho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -46,6 +47,12 @@ class Bootstrap:
         self.indices = rng.integers(0, n_images, size=(resamples, n_images))  # (B, n) image indices, repeats
         self.counts = np.stack([np.bincount(i, minlength=n_images) for i in self.indices]) if resamples else \
             np.zeros((0, n_images), dtype=np.int64)  # (B, n) times each image is drawn
+
+    @cached_property
+    def counts_with_all(self) -> np.ndarray:
+        """(1 + B, n) row 0: every image once (the point figure), then `counts`: the weights
+        `RouteMixEvaluator.resampled_maps` scores a mix under, so that row 0 is the figure and the rest its samples."""
+        return np.vstack([np.ones(self.n_images, dtype=np.int64), self.counts])
 
     def percentile(self, samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
         """(lo, hi) percentile interval of per-resample values (NaNs, e.g. a ratio over a zero gap, are dropped)."""
