@@ -176,7 +176,7 @@ def test_a_margin_per_offload_share_and_the_users_margin_holds_at_every_share(de
     assert resolve(model, {"margin": 0.07}).margin_at(0.5) == 0.07
 
 
-def _gap_seeking_map(gains: np.ndarray, noise: float):
+def _gap_seeking_map(noise: float):
     """maps_of for fit_margin: best when about half of the offloaded frames go to the cloud; the 50 resamples move
     each assignment by `noise` x (its feature frames) x a fixed draw, so the standard error of the difference
     between two margins grows with `noise` and with how many frames they send differently."""
@@ -193,13 +193,13 @@ def test_the_fitted_margin_gives_up_mAP_for_features_only_within_tolerance_and_n
     rng = np.random.default_rng(1)
     gains = rng.normal(size=(100, 2))
     gap = gains[:, 1] - gains[:, 0]
-    best = fit_margin(gains, _gap_seeking_map(gains, 0.0), 0.5, tolerance=0.0)
+    best = fit_margin(gains, _gap_seeking_map(0.0), 0.5, tolerance=0.0)
     assert np.quantile(gap, 0.2) < best < np.quantile(gap, 0.8)
     # the split measures every difference exactly (no spread over resamples): the best candidate, whatever the
     # tolerance
-    assert fit_margin(gains, _gap_seeking_map(gains, 0.0), 0.5, tolerance=10.0) == best
+    assert fit_margin(gains, _gap_seeking_map(0.0), 0.5, tolerance=10.0) == best
     # differences lost in the resamples' spread: the tolerance decides, the cheaper features win within it
-    noisy = _gap_seeking_map(gains, 1.0)
+    noisy = _gap_seeking_map(1.0)
     assert fit_margin(gains, noisy, 0.5, tolerance=0.0) == best
     assert fit_margin(gains, noisy, 0.5, tolerance=0.2) > best
     assert fit_margin(gains, noisy, 0.5, tolerance=10.0) > gap.max()  # any score is near enough: never the JPEG
